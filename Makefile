@@ -1,0 +1,21 @@
+# The README's two commands: `make demo` and `make test`. Both set up .venv first (idempotent, skipped when
+# nothing changed): ROS 2 Kilted wheels, torch, the interface package usiqa_msgs, usiqa_ros (editable).
+PY := .venv/bin/python
+
+.PHONY: setup demo test lint bench clean
+
+setup:
+	@bash scripts/setup_env.sh
+
+demo: setup
+	$(PY) -m usiqa_ros.tools.demo
+
+test: setup
+	$(PY) -m ruff check .
+	$(PY) -m pytest
+
+bench: setup
+	$(PY) -m benchmarks.run
+
+clean:
+	rm -rf .venv .pytest_cache .ruff_cache

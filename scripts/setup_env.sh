@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Idempotent set-up of the pip-only ROS 2 environment in .venv:
+#   ROS 2 Kilted wheels + torch + the rest, the wheels' CMake path fix, usiqa_msgs built with plain cmake
+#   and installed into the venv prefix, and usiqa_ros installed editable.
+# Each step is skipped when its inputs (hashed) have not changed since it last succeeded.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+VENV=${USIQA_VENV:-$ROOT/.venv}
+PY=${PYTHON:-python3.11}
+STAMPS=$VENV/.usiqa-stamps
+log() { printf '[setup] %s\n' "$*"; }
+hash_of() { cat "$@" | sha256sum | cut -c1-16; }
+done_already() { [ -f "$STAMPS/$1" ] && [ "$(cat "$STAMPS/$1")" = "$2" ]; }
+mark() { mkdir -p "$STAMPS"; echo "$2" > "$STAMPS/$1"; }
+# pip prints a harmless "Location ... is ignored" line per package for this machine's local indexes.
+pip_q() { "$VPY" -m pip install -q "$@" 2>&1 | { grep -v "is ignored: it is neither" || true; }; }
+
+command -v cmake >/dev/null && command -v g++ >/dev/null || {
+  log "installing cmake and g++ (apt)"; apt-get update -qq && apt-get install -y -qq cmake g++ >/dev/null; }
+
+if [ ! -x "$VENV/bin/python" ]; then
+  log "creating $VENV"
+  "$PY" -m venv "$VENV"
+fi
+VPY=$VENV/bin/python
+
+h=$(hash_of "$ROOT"/requirements/*.txt)
+if ! done_already pip "$h"; then
+  log "installing Python packages (ROS 2 wheels, torch, the rest)"
+  pip_q -r "$ROOT/requirements/ros.txt"
+  pip_q -r "$ROOT/requirements/torch.txt"
+  pip_q -r "$ROOT/requirements/base.txt" -c "$ROOT/requirements/ros.txt" -c "$ROOT/requirements/torch.txt"
+  # The wheels' CMake exports hold the wheel builder's paths: point them at this interpreter and numpy.
+  "$VPY" - <<'PY'
+import pathlib, sys, sysconfig, numpy
+repl = {"/opt/python/cp311-cp311/lib/python3.11/site-packages/numpy/_core/include": numpy.get_include(),
+        "/opt/python/cp311-cp311/include/python3.11": sysconfig.get_paths()["include"]}
+n = 0
+for f in (pathlib.Path(sys.prefix) / "share").rglob("*.cmake"):
+    s = f.read_text()
+    if "/opt/python/cp311-cp311" in s:
+        for a, b in repl.items():
+            s = s.replace(a, b)
+        f.write_text(s)
+        n += 1
+print(f"[setup] patched {n} cmake files")
+PY
+  rm -f "$STAMPS/msgs"   # rebuild interfaces against the new packages
+  mark pip "$h"
+fi
+
+h=$(hash_of "$ROOT"/msg/package.xml "$ROOT"/msg/CMakeLists.txt "$ROOT"/msg/msg/*.msg "$ROOT"/msg/action/*.action)
+if ! done_already msgs "$h"; then
+  log "building usiqa_msgs into the venv prefix"
+  B=$VENV/build/usiqa_msgs
+  rm -rf "$B"; mkdir -p "$B"
+  if ! { cmake -S "$ROOT/msg" -B "$B" -DCMAKE_PREFIX_PATH="$VENV" -DCMAKE_INSTALL_PREFIX="$VENV" \
+           -DPython3_EXECUTABLE="$VPY" -DBUILD_TESTING=OFF > "$B.configure.log" 2>&1 \
+         && cmake --build "$B" -j"$(nproc)" > "$B.build.log" 2>&1 \
+         && cmake --install "$B" > "$B.install.log" 2>&1; }; then
+    log "usiqa_msgs build failed; last lines of the logs in $VENV/build:"
+    tail -n 30 "$B".*.log
+    exit 1
+  fi
+  mark msgs "$h"
+fi
+
+h=$(hash_of "$ROOT"/setup.py "$ROOT"/setup.cfg "$ROOT"/package.xml)
+if ! done_already pkg "$h"; then
+  log "installing usiqa_ros (editable)"
+  pip_q --no-deps --no-build-isolation -e "$ROOT"
+  # ROS 2 puts console scripts in lib/usiqa_ros (for `ros2 run`); link them into bin/ for the pip-only path.
+  for f in "$VENV"/lib/usiqa_ros/*; do [ -f "$f" ] && ln -sf "$f" "$VENV/bin/$(basename "$f")"; done
+  mark pkg "$h"
+fi
+log "environment ready: $VENV"

@@ -1,0 +1,122 @@
+"""USQNet (L2G-BP / MS-L2GSoP): a ResNet-family backbone with local second-order channel attention in the
+last block of each stage, global second-order pooling, and an MLP head over quality grades.
+
+Implemented from the tensor-level description in docs (Raina et al., RA-L 2022; TUFFC 2024); no reference
+code was used. Backbones come from timm (`res2net50_26w_4s` for the full model, `resnet18` for the lite one),
+built without pretrained weights: nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from usiqa_ros.core.model.sop import GlobalSoPPooling, LocalSoPAttention
+
+
+@dataclass
+class USQNetConfig:
+    """Architecture of a USQNet variant. Stored in every checkpoint's metadata and rebuilt from it."""
+
+    backbone: str = "res2net50_26w_4s"
+    num_grades: int = 5
+    input_size: int = 224
+    local_attention: bool = True
+    local_dim: int = 128
+    local_hidden: int = 512
+    # Stride of the local attention's 1x1 reduction per stage (stage 1 is subsampled to keep M small).
+    local_strides: tuple[int, ...] = (2, 1, 1, 1)
+    global_dim: int = 256
+    ns_iterations: int = 3
+    head_hidden: int = 256
+    dropout: float = 0.4
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["local_strides"] = list(self.local_strides)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> USQNetConfig:
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown model config keys: {unknown}")
+        d = dict(d)
+        if "local_strides" in d:
+            d["local_strides"] = tuple(int(s) for s in d["local_strides"])
+        return cls(**d)
+
+
+def usqnet_config() -> USQNetConfig:
+    """The full model of the papers: Res2Net-50 26w x 4s, 224 px (about 35.3 M parameters). A GPU model."""
+    return USQNetConfig()
+
+
+def usqnet_lite_config() -> USQNetConfig:
+    """CPU variant: ResNet-18 with narrower second-order heads at 160 px (a few M parameters)."""
+    return USQNetConfig(
+        backbone="resnet18", input_size=160, local_dim=64, local_hidden=256, global_dim=128, head_hidden=128
+    )
+
+
+PRESETS = {"usqnet": usqnet_config, "usqnet_lite": usqnet_lite_config}
+
+
+class USQNet(nn.Module):
+    """Image quality classifier. `forward` returns logits B x num_grades; see `expected_score` for [0, 1]."""
+
+    def __init__(self, config: USQNetConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or USQNetConfig()
+        self.backbone = timm.create_model(config.backbone, pretrained=False, num_classes=0, global_pool="")
+        stage_names = ["layer1", "layer2", "layer3", "layer4"]
+        if not all(hasattr(self.backbone, n) for n in stage_names):
+            raise ValueError(f"backbone {config.backbone!r} is not a ResNet-family model with layer1..layer4")
+        channels = [info["num_chs"] for info in self.backbone.feature_info[-4:]]
+        if config.local_attention:
+            if len(config.local_strides) != 4:
+                raise ValueError("local_strides needs one stride per stage (4)")
+            for name, ch, stride in zip(stage_names, channels, config.local_strides, strict=True):
+                last_block = getattr(self.backbone, name)[-1]
+                if not hasattr(last_block, "se"):
+                    raise ValueError(f"{config.backbone}.{name} blocks have no `se` slot for the local attention")
+                last_block.se = LocalSoPAttention(ch, config.local_dim, config.local_hidden, stride)
+        self.global_pool = GlobalSoPPooling(channels[-1], config.global_dim, config.ns_iterations)
+        self.head = nn.Sequential(
+            nn.Linear(self.global_pool.out_features, config.head_hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(config.dropout),
+            nn.Linear(config.head_hidden, config.num_grades),
+        )
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """B x 3 x H x W in [0, 1] -> B x D second-order descriptor (the embedding used by CRL-UIQA)."""
+        return self.global_pool(self.backbone.forward_features(x))
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def expected_score(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax probabilities and the continuous score (E[grade] - 1) / (G - 1) in [0, 1]."""
+    probs = torch.softmax(logits.float(), dim=-1)
+    g = probs.shape[-1]
+    grades = torch.arange(g, dtype=probs.dtype, device=probs.device)  # grade - 1
+    return probs, (probs * grades).sum(-1) / (g - 1)
+
+
+def build_model(config: USQNetConfig | str) -> USQNet:
+    """Build from a config or a preset name ('usqnet', 'usqnet_lite')."""
+    if isinstance(config, str):
+        if config not in PRESETS:
+            raise ValueError(f"unknown model preset {config!r}; choose one of {sorted(PRESETS)}")
+        config = PRESETS[config]()
+    return USQNet(config)

@@ -1,0 +1,144 @@
+"""sensor_msgs Image / CompressedImage -> numpy frames (OpenCV convention: gray HxW, BGR HxWx3, BGRA HxWx4).
+
+Every check happens before any allocation, so a hostile message (huge dimensions, a decompression bomb)
+costs nothing. Failures raise preprocess.FrameError with a stable `reason` used for counters.
+cv_bridge is used for raw images when it imports (real ROS 2 installs); otherwise the numpy path below,
+which is zero-copy for unpadded mono/BGR images.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import cv2
+import numpy as np
+
+from usiqa_ros.core.preprocess import FrameError
+
+try:  # pragma: no cover - only on real ROS 2 installs
+    from cv_bridge import CvBridge
+
+    _BRIDGE: CvBridge | None = CvBridge()
+except Exception:  # noqa: BLE001 - any import failure means "not available"
+    _BRIDGE = None
+
+# encoding -> (numpy dtype, channels, conversion to OpenCV order or None)
+ENCODINGS: dict[str, tuple[np.dtype, int, int | None]] = {
+    "mono8": (np.dtype(np.uint8), 1, None),
+    "8UC1": (np.dtype(np.uint8), 1, None),
+    "mono16": (np.dtype(np.uint16), 1, None),
+    "16UC1": (np.dtype(np.uint16), 1, None),
+    "32FC1": (np.dtype(np.float32), 1, None),
+    "bgr8": (np.dtype(np.uint8), 3, None),
+    "8UC3": (np.dtype(np.uint8), 3, None),
+    "rgb8": (np.dtype(np.uint8), 3, cv2.COLOR_RGB2BGR),
+    "bgra8": (np.dtype(np.uint8), 4, None),
+    "8UC4": (np.dtype(np.uint8), 4, None),
+    "rgba8": (np.dtype(np.uint8), 4, cv2.COLOR_RGBA2BGRA),
+}
+SUPPORTED_ENCODINGS = tuple(ENCODINGS)
+
+
+def image_to_array(msg, max_pixels: int = 4096 * 4096, use_cv_bridge: bool = True) -> np.ndarray:
+    """sensor_msgs/Image -> numpy frame. Raises FrameError (reason keys: unsupported_encoding, empty,
+    too_large, bad_step, bad_data_size)."""
+    enc = msg.encoding
+    if enc not in ENCODINGS:
+        raise FrameError("unsupported_encoding", f"encoding {enc!r} not supported ({', '.join(SUPPORTED_ENCODINGS)})")
+    dtype, channels, conversion = ENCODINGS[enc]
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    if h == 0 or w == 0:
+        raise FrameError("empty", f"image is {w}x{h}")
+    if h * w > max_pixels:
+        raise FrameError("too_large", f"image {w}x{h} exceeds max_pixels={max_pixels}")
+    row_bytes = w * channels * dtype.itemsize
+    if step < row_bytes or step % dtype.itemsize:
+        raise FrameError(
+            "bad_step", f"step {step} invalid for {w} px of {enc} (need >= {row_bytes}, multiple of {dtype.itemsize})"
+        )
+    n = len(msg.data)
+    if n != h * step:
+        raise FrameError("bad_data_size", f"data has {n} bytes, height*step = {h * step}")
+    if _BRIDGE is not None and use_cv_bridge:  # pragma: no cover
+        arr = _BRIDGE.imgmsg_to_cv2(msg, desired_encoding="passthrough")
+    else:
+        buf = np.frombuffer(msg.data, dtype=np.uint8).reshape(h, step)[:, :row_bytes]
+        arr = buf.view(dtype.newbyteorder(">") if msg.is_bigendian else dtype).reshape(h, w, channels)
+        if msg.is_bigendian and dtype.itemsize > 1:
+            arr = arr.astype(dtype)
+    if channels == 1:
+        arr = arr.reshape(h, w)
+    if conversion is not None:
+        arr = cv2.cvtColor(np.ascontiguousarray(arr), conversion)
+    return arr
+
+
+def _png_size(data: bytes) -> tuple[int, int] | None:
+    if len(data) >= 24 and data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+        w, h = struct.unpack(">II", data[16:24])
+        return w, h
+    return None
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """Width, height from the first SOF marker of a JPEG, without decoding it."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:
+            i += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        seg_len = struct.unpack(">H", data[i + 2 : i + 4])[0]
+        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+            if i + 9 > n:
+                return None
+            h, w = struct.unpack(">HH", data[i + 5 : i + 9])
+            return w, h
+        i += 2 + seg_len
+    return None
+
+
+def compressed_to_array(msg, max_pixels: int = 4096 * 4096) -> np.ndarray:
+    """sensor_msgs/CompressedImage (PNG or JPEG) -> numpy frame. The header's dimensions are checked before
+    decoding (decompression bombs are refused). Reason keys: empty, unsupported_format, too_large, corrupt."""
+    data = bytes(msg.data)
+    if not data:
+        raise FrameError("empty", "compressed image has no data")
+    fmt = (msg.format or "").lower()
+    if "compresseddepth" in fmt:
+        raise FrameError("unsupported_format", f"format {msg.format!r} (compressedDepth) not supported")
+    size = _png_size(data) or _jpeg_size(data)
+    if size is None:
+        raise FrameError("unsupported_format", f"data is not a PNG or JPEG image (format field {msg.format!r})")
+    w, h = size
+    if w == 0 or h == 0:
+        raise FrameError("corrupt", f"header says {w}x{h}")
+    if w * h > max_pixels:
+        raise FrameError("too_large", f"compressed image declares {w}x{h}, above max_pixels={max_pixels}")
+    arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None:
+        raise FrameError("corrupt", f"{msg.format or 'image'} could not be decoded (truncated or corrupt)")
+    return arr
+
+
+def array_to_image(arr: np.ndarray, msg_type, encoding: str | None = None):
+    """numpy frame -> a new Image message (gray -> mono8/mono16, 3 channels -> bgr8). Header left empty."""
+    msg = msg_type()
+    if arr.ndim == 2:
+        encoding = encoding or ("mono16" if arr.dtype == np.uint16 else "mono8")
+    else:
+        encoding = encoding or ("bgra8" if arr.shape[2] == 4 else "bgr8")
+    arr = np.ascontiguousarray(arr)
+    msg.height, msg.width = int(arr.shape[0]), int(arr.shape[1])
+    msg.encoding = encoding
+    msg.is_bigendian = 0
+    msg.step = int(arr.strides[0])
+    msg.data = arr.tobytes()
+    return msg

@@ -1,0 +1,355 @@
+"""The IQA lifecycle node: image topic in, usiqa_msgs/QualityScore out, newest frame first.
+
+Threads: the subscription callback only parks the message in a one-slot buffer (overwriting, and counting, a
+frame still waiting); a dedicated worker thread converts, preprocesses, scores and publishes. So the node
+never builds a backlog, the executor stays free for actions, parameters and diagnostics, and the model runs
+on exactly one thread of control. Score listeners (the best-view action server) are called from the worker
+after each publish with the score and the frame.
+
+Lifecycle (as yolo_ros): configure loads and warms up the model (a bad checkpoint fails here, with one message
+naming the file); activate creates publishers and subscriptions and starts the worker; deactivate stops them
+and frees accelerator memory; cleanup drops the model. With autostart (default) the node configures and
+activates itself.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import rclpy
+from builtin_interfaces.msg import Duration
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CompressedImage, Image
+from usiqa_msgs.msg import QualityScore
+
+from usiqa_ros.core.checkpoint import CheckpointError
+from usiqa_ros.core.engine import Engine, EngineConfig, EngineError, FrameScore
+from usiqa_ros.core.preprocess import FrameError
+from usiqa_ros.ros.convert import compressed_to_array, image_to_array
+
+# Called from the worker thread after each publish: (score message, source message, decoded frame).
+ScoreListener = Callable[[QualityScore, Any, np.ndarray], None]
+
+
+@dataclass
+class _Pending:
+    msg: Any
+    compressed: bool
+    received_ns: int
+
+
+@dataclass
+class NodeStats:
+    """Counters since activation; read by diagnostics and tests (copy under the node's lock)."""
+
+    received: int = 0
+    scored: int = 0
+    skipped: int = 0
+    errors: Counter = field(default_factory=Counter)
+    consecutive_failures: int = 0
+    latencies_s: deque = field(default_factory=lambda: deque(maxlen=512))
+
+
+def _duration(ns: int) -> Duration:
+    return Duration(sec=int(ns // 1_000_000_000), nanosec=int(ns % 1_000_000_000))
+
+
+def qos_from(reliability: str, depth: int) -> QoSProfile:
+    """SensorDataQoS (best effort, keep last 5, volatile) with reliability and depth overridable."""
+    if reliability not in ("best_effort", "reliable"):
+        raise ValueError(f"qos_reliability must be 'best_effort' or 'reliable', not {reliability!r}")
+    return QoSProfile(
+        history=HistoryPolicy.KEEP_LAST,
+        depth=max(1, depth),
+        reliability=ReliabilityPolicy.BEST_EFFORT if reliability == "best_effort" else ReliabilityPolicy.RELIABLE,
+        durability=DurabilityPolicy.VOLATILE,
+    )
+
+
+class IqaNode(LifecycleNode):
+    """Scores ultrasound frames with USQNet and publishes usiqa_msgs/QualityScore."""
+
+    # Parameters that may change while active; all others are read-only (set them at start-up).
+    DYNAMIC = {"crop", "roi", "log_throttle_s"}
+
+    def __init__(self, node_name: str = "iqa_node", **kwargs: Any) -> None:
+        super().__init__(node_name, **kwargs)
+        self._declare_parameters()
+        self.engine: Engine | None = None
+        self.stats = NodeStats()
+        self._lock = threading.Lock()
+        self._slot: _Pending | None = None
+        self._slot_ready = threading.Condition(self._lock)
+        self._worker: threading.Thread | None = None
+        self._running = False
+        self._skipped_since_publish = 0
+        self._listeners: list[ScoreListener] = []
+        self._last_log: dict[str, float] = {}
+        self._pub = None
+        self._subs: list[Any] = []
+        self.sub_group = MutuallyExclusiveCallbackGroup()
+        self.aux_group = ReentrantCallbackGroup()  # actions, timers, services added by other modules
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+    # ---------------------------------------------------------------- parameters
+    def _declare_parameters(self) -> None:
+        def p(name: str, default: Any, description: str, dynamic: bool = False, **kw: Any) -> None:
+            self.declare_parameter(
+                name, default, ParameterDescriptor(description=description, read_only=not dynamic, **kw)
+            )
+
+        p("model_path", "", "Checkpoint (.safetensors). Empty = the bundled default model.")
+        p("model_sha256", "", "Expected SHA-256 of model_path, verified before loading. Empty = no check.")
+        p("allow_unsafe_pickle", False, "Accept .pt pickles (read with torch.load(weights_only=True)). Avoid.")
+        p("device", "auto", "auto | cpu | cuda | cuda:N. Missing CUDA falls back to the CPU with a warning.")
+        p("require_device", False, "Fail at configure instead of falling back to the CPU.")
+        p("amp", False, "Mixed precision (fp16 on CUDA, bf16 on CPU).")
+        p("num_threads", 0, "torch intra-op threads; 0 = torch default.")
+        p("input_size", 0, "Model input side in px; 0 = the checkpoint's.")
+        p("crop", "none", "none | auto (non-black sector bounding box) | roi", dynamic=True)
+        p("roi", [0, 0, 0, 0], "Crop rectangle [x, y, w, h] in px, used when crop = roi.", dynamic=True)
+        p("image_topic", "image", "sensor_msgs/Image input topic (remappable).")
+        p("compressed_topic", "", "sensor_msgs/CompressedImage input topic; empty = not subscribed.")
+        p("qos_reliability", "best_effort", "Image subscription reliability: best_effort (SensorDataQoS) | reliable.")
+        p("qos_depth", 5, "Image subscription history depth (SensorDataQoS: 5).")
+        p("quality_topic", "quality", "usiqa_msgs/QualityScore output topic.")
+        p("max_pixels", 4096 * 4096, "Frames with more pixels are refused before any allocation.")
+        p("log_throttle_s", 5.0, "Minimum seconds between two log lines for the same bad-frame reason.", dynamic=True)
+        p("autostart", True, "Configure and activate at start-up (no lifecycle manager needed).")
+
+    def _on_set_parameters(self, params: list[rclpy.Parameter]) -> SetParametersResult:
+        crop = next((p.value for p in params if p.name == "crop"), None)
+        roi = next((p.value for p in params if p.name == "roi"), None)
+        for prm in params:
+            if prm.name == "crop" and prm.value not in ("none", "auto", "roi"):
+                return SetParametersResult(successful=False, reason="crop must be none, auto or roi")
+            if prm.name == "roi" and (len(prm.value) != 4 or prm.value[2] <= 0 and prm.value[3] <= 0 and crop == "roi"):
+                return SetParametersResult(successful=False, reason="roi must be [x, y, w, h] with w, h > 0")
+            if prm.name == "log_throttle_s" and prm.value < 0:
+                return SetParametersResult(successful=False, reason="log_throttle_s must be >= 0")
+        if self.engine is not None and (crop is not None or roi is not None):
+            cfg = self.engine.preprocess_config
+            new_crop = crop if crop is not None else cfg.crop
+            new_roi = tuple(roi) if roi is not None else cfg.roi
+            if new_crop == "roi" and (new_roi[2] <= 0 or new_roi[3] <= 0):
+                return SetParametersResult(successful=False, reason="crop=roi needs roi [x, y, w, h] with w, h > 0")
+            cfg.crop, cfg.roi = new_crop, new_roi
+        return SetParametersResult(successful=True)
+
+    def param(self, name: str) -> Any:
+        return self.get_parameter(name).value
+
+    # ---------------------------------------------------------------- lifecycle
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        cfg = EngineConfig(
+            model_path=self.param("model_path"),
+            model_sha256=self.param("model_sha256"),
+            allow_unsafe_pickle=self.param("allow_unsafe_pickle"),
+            device=self.param("device"),
+            require_device=self.param("require_device"),
+            amp=self.param("amp"),
+            num_threads=self.param("num_threads"),
+            input_size=self.param("input_size"),
+            crop=self.param("crop"),
+            roi=tuple(self.param("roi")),
+        )
+        try:
+            qos_from(self.param("qos_reliability"), self.param("qos_depth"))
+            t0 = time.perf_counter()
+            self.engine = Engine(cfg)
+        except (CheckpointError, EngineError, ValueError) as e:
+            self.get_logger().error(f"configure failed: {e}")
+            self.engine = None
+            return TransitionCallbackReturn.FAILURE
+        self.get_logger().info(
+            f"model {self.engine.model_id} on {self.engine.device} "
+            f"(input {self.engine.preprocess_config.input_size} px), ready in {time.perf_counter() - t0:.2f} s"
+        )
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        qos = qos_from(self.param("qos_reliability"), self.param("qos_depth"))
+        self._pub = self.create_publisher(QualityScore, self.param("quality_topic"), 10)
+        self._subs = [
+            self.create_subscription(
+                Image, self.param("image_topic"), lambda m: self._on_frame(m, False), qos, callback_group=self.sub_group
+            )
+        ]
+        if self.param("compressed_topic"):
+            self._subs.append(
+                self.create_subscription(
+                    CompressedImage,
+                    self.param("compressed_topic"),
+                    lambda m: self._on_frame(m, True),
+                    qos,
+                    callback_group=self.sub_group,
+                )
+            )
+        with self._lock:
+            self.stats = NodeStats()
+            self._slot = None
+            self._skipped_since_publish = 0
+            self._running = True
+        self._worker = threading.Thread(target=self._work, name="iqa_worker", daemon=True)
+        self._worker.start()
+        self.get_logger().info(
+            f"scoring {', '.join(s.topic_name for s in self._subs)} -> {self._pub.topic_name} "
+            f"(QoS {self.param('qos_reliability')}, depth {self.param('qos_depth')})"
+        )
+        return super().on_activate(state)
+
+    def _stop(self) -> None:
+        for s in self._subs:
+            self.destroy_subscription(s)
+        self._subs = []
+        with self._lock:
+            self._running = False
+            self._slot = None
+            self._slot_ready.notify_all()
+        if self._worker is not None:
+            self._worker.join(timeout=10.0)
+            self._worker = None
+        if self._pub is not None:
+            self.destroy_publisher(self._pub)
+            self._pub = None
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop()
+        if self.engine is not None and self.engine.device.type == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop()
+        self.engine = None
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop()
+        self.engine = None
+        return TransitionCallbackReturn.SUCCESS
+
+    # ---------------------------------------------------------------- data path
+    def add_score_listener(self, listener: ScoreListener) -> None:
+        """Register a callback run on the worker thread after each published score. Keep it cheap."""
+        self._listeners.append(listener)
+
+    def stats_snapshot(self) -> NodeStats:
+        with self._lock:
+            s = self.stats
+            return NodeStats(
+                s.received, s.scored, s.skipped, Counter(s.errors), s.consecutive_failures, deque(s.latencies_s)
+            )
+
+    def _on_frame(self, msg: Any, compressed: bool) -> None:
+        pending = _Pending(msg, compressed, time.perf_counter_ns())
+        with self._lock:
+            self.stats.received += 1
+            if self._slot is not None:
+                self.stats.skipped += 1
+                self._skipped_since_publish += 1
+            self._slot = pending
+            self._slot_ready.notify()
+
+    def _reject(self, reason: str, detail: str) -> None:
+        with self._lock:
+            self.stats.errors[reason] += 1
+            count = self.stats.errors[reason]
+        now = time.monotonic()
+        if now - self._last_log.get(reason, -1e9) >= self.param("log_throttle_s"):
+            self._last_log[reason] = now
+            self.get_logger().warning(f"frame skipped ({reason}, {count} so far): {detail}")
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                while self._running and self._slot is None:
+                    self._slot_ready.wait()
+                if not self._running:
+                    return
+                pending, self._slot = self._slot, None
+            self._process(pending)
+
+    def _process(self, pending: _Pending) -> None:
+        engine = self.engine
+        max_px = self.param("max_pixels")
+        try:
+            frame = (
+                compressed_to_array(pending.msg, max_px) if pending.compressed else image_to_array(pending.msg, max_px)
+            )
+            result = engine.score_one(frame)
+        except FrameError as e:
+            self._reject(e.reason, str(e))
+            return
+        except Exception as e:  # noqa: BLE001 - a failing frame must never stop the worker
+            with self._lock:
+                self.stats.consecutive_failures += 1
+            self._reject("inference_error", f"{type(e).__name__}: {e}")
+            return
+        self._publish(pending, result, frame)
+
+    def _publish(self, pending: _Pending, result: FrameScore, frame: np.ndarray) -> None:
+        out = QualityScore()
+        out.header = pending.msg.header
+        out.score = float(result.score)
+        out.grade = int(result.grade)
+        out.probabilities = result.probabilities.tolist()
+        out.model_id = self.engine.model_id
+        with self._lock:
+            out.frames_skipped = self._skipped_since_publish
+            self._skipped_since_publish = 0
+        latency_ns = time.perf_counter_ns() - pending.received_ns
+        out.latency = _duration(latency_ns)
+        pub = self._pub
+        if pub is None:
+            return
+        pub.publish(out)
+        with self._lock:
+            self.stats.scored += 1
+            self.stats.consecutive_failures = 0
+            self.stats.latencies_s.append(latency_ns / 1e9)
+        for listener in list(self._listeners):
+            try:
+                listener(out, pending.msg, frame)
+            except Exception as e:  # noqa: BLE001 - a listener bug must not stop scoring
+                self._reject("listener_error", f"{type(e).__name__}: {e}")
+
+
+def main(args: list[str] | None = None) -> int:
+    rclpy.init(args=args)
+    node = IqaNode()
+    executor = MultiThreadedExecutor(num_threads=4)
+    executor.add_node(node)
+    code = 0
+    try:
+        if node.param("autostart"):
+            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                node.get_logger().fatal("could not configure (see the error above); exiting")
+                return 1
+            node.trigger_activate()
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node._stop()
+        executor.shutdown()
+        node.destroy_node()
+        if rclpy.ok():
+            rclpy.try_shutdown()
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

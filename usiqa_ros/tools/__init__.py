@@ -1,0 +1,1 @@
+"""Command-line tools: demo publisher, score printer, demo runner, bag tools, probe simulator."""

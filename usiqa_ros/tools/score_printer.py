@@ -1,0 +1,49 @@
+"""Prints one line per QualityScore on `quality`: stamp, frame, grade, score, node latency, skipped frames."""
+
+from __future__ import annotations
+
+import rclpy
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from usiqa_msgs.msg import QualityScore
+
+GRADE_NAMES = {0: "unknown", 1: "poor", 2: "fair", 3: "good", 4: "very good", 5: "excellent"}
+
+
+def format_score(msg: QualityScore) -> str:
+    stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+    latency_ms = (msg.latency.sec + msg.latency.nanosec * 1e-9) * 1e3
+    bar = "#" * round(msg.score * 20)
+    return (
+        f"t={stamp:.3f} {msg.header.frame_id:<14} grade {msg.grade} ({GRADE_NAMES.get(msg.grade, '?'):<9}) "
+        f"score {msg.score:.3f} |{bar:<20}| latency {latency_ms:6.1f} ms  skipped {msg.frames_skipped}"
+    )
+
+
+class ScorePrinter(Node):
+    def __init__(self, name: str = "score_printer") -> None:
+        super().__init__(name)
+        self.count = 0
+        self.scores: list[QualityScore] = []
+        self.create_subscription(QualityScore, "quality", self._on_score, 50)
+
+    def _on_score(self, msg: QualityScore) -> None:
+        self.count += 1
+        self.scores.append(msg)
+        print(format_score(msg), flush=True)
+
+
+def main(args: list[str] | None = None) -> None:
+    rclpy.init(args=args)
+    node = ScorePrinter()
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()
