@@ -1,0 +1,294 @@
+"""Rosbag reading and writing shared by the bag tools (make_bag, bag_eval, replay), built on `rosbags`.
+
+Pure Python, no rclpy: bags are read and written without a ROS install. Messages are rosbags dataclasses, which
+carry the same attributes as rclpy messages, so `usiqa_ros.ros.convert` decodes them unchanged. Bags are
+written as rosbag2 version 9 (sqlite3 or mcap) with message definitions, type hashes and QoS metadata, as
+`ros2 bag record` writes them, so `ros2 bag play` can play them. Every bag and file is written to a temporary
+name and renamed when complete: a crash never leaves a complete-looking half output.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import IO, Any
+
+import cv2
+import numpy as np
+from rosbags.highlevel import AnyReader, AnyReaderError
+from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
+from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.serde import SerdeError
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+from rosbags.typesys.store import Typestore
+
+from usiqa_ros.ros.convert import compressed_to_array, image_to_array
+
+IMAGE_TYPE = "sensor_msgs/msg/Image"
+COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
+IMAGE_TYPES = (IMAGE_TYPE, COMPRESSED_TYPE)
+QUALITY_TYPE = "usiqa_msgs/msg/QualityScore"
+STORAGES = {"sqlite3": StoragePlugin.SQLITE3, "mcap": StoragePlugin.MCAP}
+# RMW_DURATION_INFINITE as rosbag2 (Jazzy and newer) writes it in metadata.yaml.
+_INFINITE = QosTime(9223372036, 854775807)
+
+
+class BagError(RuntimeError):
+    """A bag that cannot be used: missing, corrupt, wrong topic, empty, unsupported content."""
+
+
+# ------------------------------------------------------------------------------------------------ types
+def quality_msg_path() -> Path:
+    """QualityScore.msg: in the source tree (msg/msg/) or an installed prefix (share/usiqa_msgs/msg/)."""
+    candidates = [Path(__file__).resolve().parents[2] / "msg" / "msg" / "QualityScore.msg"]
+    prefixes = [p for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p] + [sys.prefix]
+    candidates += [Path(p) / "share" / "usiqa_msgs" / "msg" / "QualityScore.msg" for p in prefixes]
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise BagError(f"QualityScore.msg not found (looked in {', '.join(str(c) for c in candidates)})")
+
+
+@lru_cache(maxsize=1)
+def typestore() -> Typestore:
+    """ROS 2 Kilted types plus usiqa_msgs/msg/QualityScore registered from its .msg text."""
+    ts = get_typestore(Stores.ROS2_KILTED)
+    ts.register(get_types_from_msg(quality_msg_path().read_text(), QUALITY_TYPE))
+    return ts
+
+
+def qos(reliable: bool = True, depth: int = 10) -> Qos:
+    """An offered QoS profile as `ros2 bag record` stores it (keep last, volatile, infinite durations)."""
+    return Qos(
+        QosHistory.KEEP_LAST,
+        depth,
+        QosReliability.RELIABLE if reliable else QosReliability.BEST_EFFORT,
+        QosDurability.VOLATILE,
+        _INFINITE,
+        _INFINITE,
+        QosLiveliness.AUTOMATIC,
+        _INFINITE,
+        False,
+    )
+
+
+# ------------------------------------------------------------------------------------------------ messages
+def stamp_ns(stamp: Any) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def header(ns: int, frame_id: str) -> Any:
+    ts = typestore()
+    sec, nsec = divmod(int(ns), 1_000_000_000)
+    return ts.types["std_msgs/msg/Header"](stamp=ts.types["builtin_interfaces/msg/Time"](sec, nsec), frame_id=frame_id)
+
+
+def image_message(frame: np.ndarray, ns: int, frame_id: str, encoding: str | None = None) -> Any:
+    """numpy frame (gray -> mono8/mono16, 3 channels -> bgr8, 4 -> bgra8) -> rosbags sensor_msgs/Image."""
+    frame = np.ascontiguousarray(frame)
+    if frame.ndim == 2:
+        encoding = encoding or ("mono16" if frame.dtype == np.uint16 else "mono8")
+    else:
+        encoding = encoding or ("bgra8" if frame.shape[2] == 4 else "bgr8")
+    return typestore().types[IMAGE_TYPE](
+        header=header(ns, frame_id),
+        height=frame.shape[0],
+        width=frame.shape[1],
+        encoding=encoding,
+        is_bigendian=0,
+        step=int(frame.strides[0]),
+        data=frame.reshape(-1).view(np.uint8),
+    )
+
+
+def compressed_message(frame: np.ndarray, ns: int, frame_id: str, fmt: str = "png", jpeg_quality: int = 90) -> Any:
+    """numpy frame -> rosbags sensor_msgs/CompressedImage (`format` as image_transport writes it)."""
+    if fmt == "png":
+        ok, buf = cv2.imencode(".png", frame)
+        fmt_field = f"{'mono8' if frame.ndim == 2 else 'bgr8'}; png compressed"
+    elif fmt in ("jpeg", "jpg"):
+        ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+        fmt_field = f"{'mono8' if frame.ndim == 2 else 'bgr8'}; jpeg compressed"
+    else:
+        raise ValueError(f"compressed format must be png or jpeg, not {fmt!r}")
+    if not ok:
+        raise ValueError(f"could not encode a {frame.shape} {frame.dtype} frame as {fmt}")
+    return typestore().types[COMPRESSED_TYPE](header=header(ns, frame_id), format=fmt_field, data=buf.reshape(-1))
+
+
+def decode_image(msg: Any, msgtype: str, max_pixels: int = 4096 * 4096) -> np.ndarray:
+    """Image / CompressedImage (rosbags or rclpy message) -> numpy frame, with the node's exact checks.
+    cv_bridge is bypassed: it expects rclpy messages. Raises preprocess.FrameError."""
+    if msgtype == COMPRESSED_TYPE:
+        return compressed_to_array(msg, max_pixels)
+    return image_to_array(msg, max_pixels, use_cv_bridge=False)
+
+
+# ------------------------------------------------------------------------------------------------ reading
+@dataclass
+class BagImage:
+    """One image message from a bag, in bag order."""
+
+    index: int
+    log_ns: int  # time the recorder received it (bag timestamp)
+    stamp_ns: int  # header.stamp
+    frame_id: str
+    msgtype: str
+    msg: Any
+    raw: bytes | memoryview
+
+
+_READ_ERRORS = (AnyReaderError, SerdeError, sqlite3.DatabaseError, OSError, KeyError, ValueError, AssertionError)
+
+
+@contextmanager
+def open_bag(path: str | Path) -> Iterator[AnyReader]:
+    """An open AnyReader (rosbag2 sqlite3/mcap directory or ROS 1 .bag); BagError for a missing/corrupt bag."""
+    path = Path(path)
+    if not path.exists():
+        raise BagError(f"bag {path} does not exist")
+    try:
+        reader = AnyReader([path], default_typestore=typestore())
+        reader.open()
+    except _READ_ERRORS as e:
+        raise BagError(f"bag {path} cannot be opened (missing or corrupt): {type(e).__name__}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - rosbags raises assorted errors for damaged files
+        raise BagError(f"bag {path} cannot be opened (corrupt?): {type(e).__name__}: {e}") from None
+    try:
+        yield reader
+    finally:
+        try:
+            reader.close()
+        except Exception:  # noqa: BLE001, S110 - closing a damaged bag must not hide the real error
+            pass
+
+
+def topics(reader: AnyReader) -> dict[str, tuple[str, int]]:
+    """topic -> (message type, message count)."""
+    out: dict[str, tuple[str, int]] = {}
+    for c in reader.connections:
+        t, n = out.get(c.topic, (c.msgtype, 0))
+        out[c.topic] = (t, n + c.msgcount)
+    return out
+
+
+def _describe(tops: dict[str, tuple[str, int]]) -> str:
+    if not tops:
+        return "the bag has no topics"
+    return "topics in the bag: " + ", ".join(f"{t} ({m}, {n} msgs)" for t, (m, n) in sorted(tops.items()))
+
+
+def pick_image_topic(reader: AnyReader, topic: str | None) -> tuple[str, str]:
+    """(topic, message type) of the image topic to use; auto-detected when the bag has exactly one."""
+    tops = topics(reader)
+    if topic:
+        if topic not in tops:
+            raise BagError(f"topic {topic!r} not in the bag; {_describe(tops)}")
+        msgtype = tops[topic][0]
+        if msgtype not in IMAGE_TYPES:
+            raise BagError(f"topic {topic!r} is {msgtype}, not Image or CompressedImage; {_describe(tops)}")
+        return topic, msgtype
+    images = [t for t, (m, _) in tops.items() if m in IMAGE_TYPES]
+    if len(images) != 1:
+        what = "no" if not images else f"{len(images)}"
+        raise BagError(f"{what} image topics in the bag, name one with --topic; {_describe(tops)}")
+    return images[0], tops[images[0]][0]
+
+
+def iter_images(reader: AnyReader, topic: str) -> Iterator[BagImage]:
+    """Image messages of `topic` in bag order; BagError when the bag turns out damaged while reading."""
+    conns = [c for c in reader.connections if c.topic == topic]
+    index = 0
+    it = reader.messages(connections=conns)
+    while True:
+        try:
+            item = next(it, None)
+            if item is None:
+                return
+            conn, log_ns, raw = item
+            msg = reader.deserialize(raw, conn.msgtype)
+        except _READ_ERRORS as e:
+            raise BagError(f"bag is corrupt at message {index} of {topic}: {type(e).__name__}: {e}") from None
+        yield BagImage(index, log_ns, stamp_ns(msg.header.stamp), msg.header.frame_id, conn.msgtype, msg, raw)
+        index += 1
+
+
+# ------------------------------------------------------------------------------------------------ writing
+@contextmanager
+def atomic_bag(path: str | Path, storage: str = "sqlite3") -> Iterator[Writer]:
+    """A rosbag2 v9 Writer on a temporary directory next to `path`, renamed to `path` on success only."""
+    path = Path(path)
+    if storage not in STORAGES:
+        raise ValueError(f"storage must be one of {', '.join(STORAGES)}, not {storage!r}")
+    if path.exists():
+        raise BagError(f"{path} exists already; not overwriting")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    try:
+        writer = Writer(tmp / path.name, version=9, storage_plugin=STORAGES[storage])
+        with writer:
+            yield writer
+        os.rename(tmp / path.name, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def atomic_file(path: str | Path, mode: str = "w", **kw: Any) -> Iterator[IO]:
+    """open() on a temporary file next to `path`, renamed over `path` only after a clean close."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
+        with os.fdopen(fd, mode, **kw) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def add_image_connection(writer: Writer, topic: str, msgtype: str, reliable: bool = True) -> Any:
+    return writer.add_connection(topic, msgtype, typestore=typestore(), offered_qos_profiles=[qos(reliable, 10)])
+
+
+def add_quality_connection(writer: Writer, topic: str = "/quality") -> Any:
+    """QualityScore connection; the .msg definition and RIHS01 hash are embedded in the bag."""
+    return writer.add_connection(topic, QUALITY_TYPE, typestore=typestore(), offered_qos_profiles=[qos(True, 10)])
+
+
+def serialize(msg: Any) -> bytes:
+    return bytes(typestore().serialize_cdr(msg, msg.__msgtype__))
+
+
+def quality_message(
+    stamp: int, frame_id: str, score: float, grade: int, probs: Any, model_id: str, latency_ns: int, skipped: int
+) -> Any:
+    ts = typestore()
+    sec, nsec = divmod(int(latency_ns), 1_000_000_000)
+    return ts.types[QUALITY_TYPE](
+        header=header(stamp, frame_id),
+        score=float(score),
+        grade=int(grade),
+        probabilities=np.asarray(probs, dtype=np.float32),
+        model_id=model_id,
+        latency=ts.types["builtin_interfaces/msg/Duration"](sec, nsec),
+        frames_skipped=int(skipped),
+    )
