@@ -100,3 +100,41 @@ def test_bad_input_size_in_metadata(tmp_path, lite):
 def test_sha256_mismatch(tmp_path, lite):
     path = save_checkpoint(tmp_path / "c.safetensors", lite)
     _expect(path, "SHA-256 mismatch", expected_sha256="0" * 64)
+
+
+class _Evil:
+    """Unpickling this creates the file named by `marker` (the classic pickle code-execution payload)."""
+
+    marker = ""
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _evil(marker) -> _Evil:
+    e = _Evil()
+    e.marker = str(marker)
+    return e
+
+
+@pytest.mark.parametrize("kind", ["torch_zip", "pickle_protocol_2", "pickle_protocol_0"])
+def test_pickle_disguised_as_safetensors_executes_nothing(tmp_path, kind):
+    """A pickle renamed to .safetensors: refused with or without allow_unsafe_pickle, and the payload (proved
+    live below) never runs."""
+    import pickle
+
+    marker = tmp_path / "pwned"
+    path = tmp_path / "model.safetensors"
+    if kind == "torch_zip":
+        torch.save({"state_dict": _evil(marker), "metadata": "{}"}, path)
+    else:
+        path.write_bytes(pickle.dumps({"state_dict": _evil(marker)}, protocol=int(kind[-1])))
+    for allow in (False, True):
+        with pytest.raises(CheckpointError) as e:
+            load_checkpoint(path, allow_unsafe_pickle=allow)
+        assert str(path) in str(e.value)
+    assert not marker.exists()
+    # control: the same bytes do execute code when unpickled naively, so the checks above are meaningful
+    if kind != "torch_zip":
+        pickle.loads(path.read_bytes())
+        assert marker.exists()

@@ -73,6 +73,21 @@ def image_to_array(msg, max_pixels: int = 4096 * 4096, use_cv_bridge: bool = Tru
     return arr
 
 
+def check_header(header) -> list[tuple[str, str]]:
+    """Refuse an impossible stamp (FrameError reason bad_stamp); return (kind, detail) notes for a usable but
+    suspicious header. A zero stamp or an empty frame_id is scored (simulators and some drivers send them, and
+    the header is copied to the score unchanged) but counted, because such a score cannot be matched to a pose."""
+    sec, nanosec = int(header.stamp.sec), int(header.stamp.nanosec)
+    if sec < 0 or nanosec >= 1_000_000_000:
+        raise FrameError("bad_stamp", f"header stamp sec={sec} nanosec={nanosec} is not a valid time")
+    notes = []
+    if sec == 0 and nanosec == 0:
+        notes.append(("zero_stamp", "its header stamp is zero"))
+    if not header.frame_id:
+        notes.append(("empty_frame_id", "its header frame_id is empty"))
+    return notes
+
+
 def _png_size(data: bytes) -> tuple[int, int] | None:
     if len(data) >= 24 and data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
         w, h = struct.unpack(">II", data[16:24])
@@ -80,8 +95,8 @@ def _png_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _jpeg_size(data: bytes) -> tuple[int, int] | None:
-    """Width, height from the first SOF marker of a JPEG, without decoding it."""
+def _jpeg_size(data: bytes) -> tuple[int, int, int] | None:
+    """Width, height and offset of the first SOF marker of a JPEG, without decoding it."""
     if data[:2] != b"\xff\xd8":
         return None
     i, n = 2, len(data)
@@ -100,7 +115,7 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
             if i + 9 > n:
                 return None
             h, w = struct.unpack(">HH", data[i + 5 : i + 9])
-            return w, h
+            return w, h, i
         i += 2 + seg_len
     return None
 
@@ -114,14 +129,19 @@ def compressed_to_array(msg, max_pixels: int = 4096 * 4096) -> np.ndarray:
     fmt = (msg.format or "").lower()
     if "compresseddepth" in fmt:
         raise FrameError("unsupported_format", f"format {msg.format!r} (compressedDepth) not supported")
-    size = _png_size(data) or _jpeg_size(data)
-    if size is None:
+    png, jpeg = _png_size(data), _jpeg_size(data)
+    if png is None and jpeg is None:
         raise FrameError("unsupported_format", f"data is not a PNG or JPEG image (format field {msg.format!r})")
-    w, h = size
+    w, h = png or jpeg[:2]
     if w == 0 or h == 0:
         raise FrameError("corrupt", f"header says {w}x{h}")
     if w * h > max_pixels:
         raise FrameError("too_large", f"compressed image declares {w}x{h}, above max_pixels={max_pixels}")
+    # Decoders fill a truncated image with gray and return it with only a warning: check the end marker first.
+    if png is not None and data.rfind(b"IEND") < 0:
+        raise FrameError("corrupt", f"PNG of {len(data)} bytes has no IEND chunk (truncated)")
+    if jpeg is not None and data.find(b"\xff\xd9", jpeg[2]) < 0:
+        raise FrameError("corrupt", f"JPEG of {len(data)} bytes has no end-of-image marker (truncated)")
     arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is None:
         raise FrameError("corrupt", f"{msg.format or 'image'} could not be decoded (truncated or corrupt)")

@@ -1,0 +1,209 @@
+"""Shared harness of the flood and soak benchmarks: iqa_node in its own process, a real rclpy publisher here.
+
+The node runs as `python -m usiqa_ros.ros.iqa_node` (its real main(): autostart, MultiThreadedExecutor), so its
+resident memory (RSS, via psutil) is measured alone. This process publishes frames at a fixed rate and records
+every QualityScore: node-reported latency (receipt -> publish), end-to-end latency (stamp -> reception here,
+same host clock), and recency (how many frames behind the newest published one the scored frame was).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+
+
+@dataclass
+class Sample:
+    t: float  # seconds since the stream started
+    rss_mb: float
+    published: int
+    scored: int
+    latency_ms: list[float] = field(default_factory=list)  # node-reported, scores received in this interval
+    e2e_ms: list[float] = field(default_factory=list)
+    lag_frames: list[int] = field(default_factory=list)
+
+
+def _slope(points: list[tuple[float, float]]) -> float | None:
+    """Least-squares slope per minute of (seconds, value) points."""
+    if len(points) < 3:
+        return None
+    t, v = np.asarray(points, dtype=float).T
+    return round(float(np.polyfit(t / 60.0, v, 1)[0]), 3)
+
+
+def _pct(v: list[float], q: float) -> float | None:
+    return round(float(np.percentile(v, q)), 2) if v else None
+
+
+def run_stream(
+    name: str,
+    frames: list,
+    encoding: str,
+    fps: float,
+    duration_s: float,
+    sample_every_s: float,
+    node_params: dict[str, str] | None = None,
+    reliability: str = "best_effort",
+    warmup_s: float = 10.0,
+) -> dict:
+    """Publish `frames` (cycled) at `fps` for `duration_s` into a fresh iqa_node process; return the record."""
+    os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(100, 200)))
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    import psutil
+    import rclpy
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.node import Node
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import Image
+    from usiqa_msgs.msg import QualityScore
+
+    from usiqa_ros.ros.convert import array_to_image
+
+    topic = f"/{name}/image"
+    params = {"image_topic": topic, "quality_topic": f"/{name}/quality", **(node_params or {})}
+    cmd = [sys.executable, "-m", "usiqa_ros.ros.iqa_node", "--ros-args"]
+    for k, v in params.items():
+        cmd += ["-p", f"{k}:={v}"]
+    log_path = RESULTS / f"{name}_node.log"
+    log = open(log_path, "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    ps = psutil.Process(proc.pid)
+    rclpy.init()
+    node = Node(f"{name}_bench")
+    pub = node.create_publisher(Image, topic, qos_profile_sensor_data if reliability == "best_effort" else 10)
+    lock = threading.Lock()
+    seq = [0]
+    cur = Sample(0.0, 0.0, 0, 0)
+
+    def on_score(m: QualityScore) -> None:
+        now_ns = time.time_ns()
+        with lock:
+            cur.scored += 1
+            cur.latency_ms.append(m.latency.sec * 1e3 + m.latency.nanosec / 1e6)
+            cur.e2e_ms.append((now_ns - (m.header.stamp.sec * 10**9 + m.header.stamp.nanosec)) / 1e6)
+            cur.lag_frames.append(seq[0] - int(m.header.frame_id))
+
+    node.create_subscription(QualityScore, f"/{name}/quality", on_score, 100)
+    ex = MultiThreadedExecutor(num_threads=2)
+    ex.add_node(node)
+    spin = threading.Thread(target=ex.spin, daemon=True)
+    spin.start()
+    msgs = [array_to_image(f, Image, encoding) for f in frames]
+    samples: list[Sample] = []
+    try:
+        t0 = time.monotonic()
+        while pub.get_subscription_count() == 0 or node.count_publishers(f"/{name}/quality") == 0:
+            if proc.poll() is not None or time.monotonic() - t0 > 120:
+                raise RuntimeError(f"iqa_node did not come up (exit {proc.poll()}); see {log_path}")
+            time.sleep(0.1)
+        time.sleep(1.0)
+        rss0 = ps.memory_info().rss / 2**20
+        start = time.monotonic()
+        next_sample = start + sample_every_s
+        period = 1.0 / fps
+        i = 0
+        while True:
+            now = time.monotonic()
+            if now - start >= duration_s:
+                break
+            target = start + i * period
+            if now < target:
+                time.sleep(target - now)
+            m = msgs[i % len(msgs)]
+            m.header.stamp.sec, m.header.stamp.nanosec = divmod(time.time_ns(), 10**9)
+            m.header.frame_id = str(i)
+            with lock:
+                seq[0] = i
+            pub.publish(m)
+            i += 1
+            if time.monotonic() >= next_sample:
+                with lock:
+                    s = Sample(
+                        round(time.monotonic() - start, 2),
+                        round(ps.memory_info().rss / 2**20, 1),
+                        i,
+                        cur.scored,
+                        list(cur.latency_ms),
+                        list(cur.e2e_ms),
+                        list(cur.lag_frames),
+                    )
+                    cur.scored, cur.latency_ms, cur.e2e_ms, cur.lag_frames = 0, [], [], []
+                samples.append(s)
+                next_sample += sample_every_s
+        elapsed = time.monotonic() - start
+        time.sleep(1.0)
+        alive = proc.poll() is None
+        rss_end = ps.memory_info().rss / 2**20 if alive else float("nan")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+        ex.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    lat = [v for s in samples for v in s.latency_ms]
+    e2e = [v for s in samples for v in s.e2e_ms]
+    lag = [v for s in samples for v in s.lag_frames]
+    scored = sum(s.scored for s in samples)
+    warm = next((s.rss_mb for s in samples if s.t >= warmup_s), None)
+    return {
+        "published": i,
+        "published_fps": round(i / elapsed, 1),
+        "target_fps": fps,
+        "duration_s": round(elapsed, 1),
+        "scored": scored,
+        "scored_per_s": round(scored / elapsed, 2),
+        "node_alive_at_end": alive,
+        "node_exit_code_after_sigterm": proc.returncode,
+        "rss_start_mb": round(rss0, 1),
+        "rss_end_mb": round(rss_end, 1),
+        "rss_max_mb": max((s.rss_mb for s in samples), default=None),
+        "rss_growth_mb": round(rss_end - rss0, 1),
+        # from the first sample at or after `warmup_s` of streaming: buffers sized by the first frames excluded
+        "rss_after_warmup_mb": warm,
+        "rss_growth_after_warmup_mb": round(rss_end - warm, 1) if warm is not None else None,
+        "warmup_s": warmup_s,
+        "rss_slope_mb_per_min_after_warmup": _slope([(s.t, s.rss_mb) for s in samples if s.t >= warmup_s]),
+        "latency_ms": {"p50": _pct(lat, 50), "p95": _pct(lat, 95), "max": _pct(lat, 100)},
+        "e2e_latency_ms": {"p50": _pct(e2e, 50), "p95": _pct(e2e, 95), "max": _pct(e2e, 100)},
+        "lag_frames": {"p50": _pct(lag, 50), "p95": _pct(lag, 95), "max": _pct(lag, 100)},
+        "samples": [
+            {
+                "t": s.t,
+                "rss_mb": s.rss_mb,
+                "published": s.published,
+                "scored": s.scored,
+                "latency_p50_ms": _pct(s.latency_ms, 50),
+                "latency_p95_ms": _pct(s.latency_ms, 95),
+                "e2e_p95_ms": _pct(s.e2e_ms, 95),
+            }
+            for s in samples
+        ],
+        "node_command": " ".join(cmd),
+        "cpu_count": os.cpu_count(),
+        "note": "2-core machine shared with other jobs; figures are what this run measured",
+    }
+
+
+def write_result(name: str, record: dict) -> Path:
+    """Atomic write of benchmarks/results/<name>.json (temp file + rename)."""
+    from usiqa_ros.core.safe_io import atomic_write_text
+
+    path = RESULTS / f"{name}.json"
+    atomic_write_text(path, json.dumps(record, indent=1) + "\n")
+    return path
