@@ -214,6 +214,22 @@ def test_labels_joined_by_stamp_and_metrics(raw_scores, tmp_path):
     assert "SROCC" in (tmp_path / "out" / "summary.md").read_text()
 
 
+def test_phantom_bag_with_ground_truth_labels_cli(tmp_path, capsys):
+    """Simulated probe -> bag + ground-truth labels CSV (by stamp) -> usiqa-eval-bag joins every label."""
+    bag, gt = tmp_path / "ph", tmp_path / "gt.csv"
+    argv = [str(bag), "--phantom", "12", "--fps", "10", "--phantom-labels", str(gt), "--format", "jpeg"]
+    assert make_bag.main(argv) == 0
+    rows = _read_csv(gt)
+    assert len(rows) == 12 and all(1 <= int(r["grade"]) <= 5 for r in rows)
+    assert len({r["grade"] for r in rows}) > 1  # the sweep passes through good and bad views
+    out = tmp_path / "out"
+    assert bag_eval.main([str(bag), "--labels", str(gt), "--out", str(out), "--no-progress", "--no-bag"]) == 0
+    assert "labels: accuracy" in capsys.readouterr().out
+    sm = json.loads((out / "summary.json").read_text())
+    assert sm["labels"]["matched"] == 12 and sm["labels"]["unmatched"] == 0 and sm["labels"]["metrics"]["n"] == 12
+    assert sm["outputs"]["scores_bag"] is None and not (out / "scores_bag").exists()
+
+
 def test_good_bad_labels_by_index(raw_scores, tmp_path):
     (tmp_path / "l.csv").write_text("index,label\n0,good\n1,bad\n2,GOOD\n99,bad\n")
     labels = bag_report.load_labels(tmp_path / "l.csv")

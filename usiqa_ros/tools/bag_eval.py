@@ -77,6 +77,7 @@ class BagScores:
     worst: list[Thumb] = field(default_factory=list)  # lowest score first
     wall_seconds: float = 0.0  # first read to last score
     inference_seconds: float = 0.0  # time inside Engine.score_preprocessed
+    reader_cpu_seconds: float = 0.0  # CPU time of the reader thread (read, decode, preprocess)
     errors: Counter = field(default_factory=Counter)
 
     @property
@@ -113,8 +114,9 @@ def inspect_bag(bag: str | Path, topic: str | None) -> tuple[str, str, int]:
     return topic, msgtype, count
 
 
-def _produce(bag: Path, topic: str, engine: Engine, q: queue.Queue, stop: threading.Event) -> None:
+def _produce(bag: Path, topic: str, engine: Engine, q: queue.Queue, stop: threading.Event, out: BagScores) -> None:
     """Reader thread: bag -> decoded -> preprocessed items on `q`, then _END (or the exception)."""
+    cpu0 = time.thread_time()
 
     def put(item: Any) -> bool:
         while not stop.is_set():
@@ -141,6 +143,7 @@ def _produce(bag: Path, topic: str, engine: Engine, q: queue.Queue, stop: thread
                     res.error = e.reason
                 if not put(item):
                     return
+        out.reader_cpu_seconds = time.thread_time() - cpu0
         put(_END)
     except BaseException as e:  # noqa: BLE001 - handed to the main thread, which re-raises it
         put(e)
@@ -177,7 +180,7 @@ def score_bag(
     pending: list[_Item] = []
     bar = tqdm(total=count, unit="frame", desc=f"scoring {topic}", disable=not progress, file=sys.stderr)
     t0 = time.perf_counter()
-    reader = threading.Thread(target=_produce, args=(bag, topic, engine, q, stop), name="bag_reader", daemon=True)
+    reader = threading.Thread(target=_produce, args=(bag, topic, engine, q, stop, out), name="bag_reader", daemon=True)
     reader.start()
 
     def flush() -> None:
