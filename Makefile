@@ -2,13 +2,16 @@
 # nothing changed): ROS 2 Kilted wheels, torch, the interface package usiqa_msgs, usiqa_ros (editable).
 PY := .venv/bin/python
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo demo-best-view test lint bench clean
 
 setup:
 	@bash scripts/setup_env.sh
 
 demo: setup
 	$(PY) -m usiqa_ros.tools.demo
+
+demo-best-view: setup  # probe_sim sweeps, iqa_node scores, best_view_client searches; result vs ground truth
+	$(PY) -m usiqa_ros.tools.best_view_demo
 
 test: setup
 	$(PY) -m ruff check .

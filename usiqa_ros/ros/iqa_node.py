@@ -35,6 +35,7 @@ from usiqa_msgs.msg import QualityScore
 from usiqa_ros.core.checkpoint import CheckpointError
 from usiqa_ros.core.engine import Engine, EngineConfig, EngineError, FrameScore
 from usiqa_ros.core.preprocess import FrameError
+from usiqa_ros.ros.best_view import BestViewConfig, BestViewServer
 from usiqa_ros.ros.convert import compressed_to_array, image_to_array
 
 # Called from the worker thread after each publish: (score message, source message, decoded frame).
@@ -99,6 +100,8 @@ class IqaNode(LifecycleNode):
         self._subs: list[Any] = []
         self.sub_group = MutuallyExclusiveCallbackGroup()
         self.aux_group = ReentrantCallbackGroup()  # actions, timers, services added by other modules
+        self._best_view: BestViewServer | None = None
+        self._best_view_config = BestViewConfig(enabled=False)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
     # ---------------------------------------------------------------- parameters
@@ -126,6 +129,12 @@ class IqaNode(LifecycleNode):
         p("max_pixels", 4096 * 4096, "Frames with more pixels are refused before any allocation.")
         p("log_throttle_s", 5.0, "Minimum seconds between two log lines for the same bad-frame reason.", dynamic=True)
         p("autostart", True, "Configure and activate at start-up (no lifecycle manager needed).")
+        p("best_view.enabled", True, "Offer the BestViewSearch action (best_view_search) while active.")
+        p("best_view.goal_policy", "preempt", "A goal arriving while one runs: preempt (old ends PREEMPTED) | reject.")
+        p("best_view.feedback_rate", 5.0, "Maximum best-view feedback rate in Hz; 0 = no feedback.")
+        p("best_view.no_image_grace_s", 2.0, "A goal ends NO_IMAGES when no frame is scored within this many seconds.")
+        p("best_view.stable_frames", 1, "A view counts with the lowest score of N consecutive scored frames.")
+        p("best_view.default_timeout_s", 10.0, "Search timeout in seconds when the goal's timeout is 0.")
 
     def _on_set_parameters(self, params: list[rclpy.Parameter]) -> SetParametersResult:
         crop = next((p.value for p in params if p.name == "crop"), None)
@@ -165,6 +174,7 @@ class IqaNode(LifecycleNode):
         )
         try:
             qos_from(self.param("qos_reliability"), self.param("qos_depth"))
+            self._best_view_config = BestViewConfig.from_node(self)
             t0 = time.perf_counter()
             self.engine = Engine(cfg)
         except (CheckpointError, EngineError, ValueError) as e:
@@ -178,6 +188,10 @@ class IqaNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self._best_view_config.enabled:  # created once, accepts goals only while active (as nav2 servers)
+            if self._best_view is None:
+                self._best_view = BestViewServer(self, self._best_view_config)
+            self._best_view.activate()
         qos = qos_from(self.param("qos_reliability"), self.param("qos_depth"))
         self._pub = self.create_publisher(QualityScore, self.param("quality_topic"), 10)
         self._subs = [
@@ -209,6 +223,8 @@ class IqaNode(LifecycleNode):
         return super().on_activate(state)
 
     def _stop(self) -> None:
+        if self._best_view is not None:  # ends running goals first, while scores still flow
+            self._best_view.deactivate()
         for s in self._subs:
             self.destroy_subscription(s)
         self._subs = []
@@ -233,18 +249,29 @@ class IqaNode(LifecycleNode):
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop()
+        self._destroy_best_view()
         self.engine = None
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop()
+        self._destroy_best_view()
         self.engine = None
         return TransitionCallbackReturn.SUCCESS
+
+    def _destroy_best_view(self) -> None:
+        if self._best_view is not None:
+            self._best_view.destroy()
+            self._best_view = None
 
     # ---------------------------------------------------------------- data path
     def add_score_listener(self, listener: ScoreListener) -> None:
         """Register a callback run on the worker thread after each published score. Keep it cheap."""
         self._listeners.append(listener)
+
+    def remove_score_listener(self, listener: ScoreListener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
 
     def stats_snapshot(self) -> NodeStats:
         with self._lock:

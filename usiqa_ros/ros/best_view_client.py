@@ -1,0 +1,212 @@
+"""Reference planner client for the `best_view_search` action (usiqa_msgs/action/BestViewSearch).
+
+From a planner, in three lines (rclpy initialised, or let the client do it):
+
+    from usiqa_ros.ros.best_view_client import BestViewClient
+    with BestViewClient() as client:
+        result = client.search(target_score=0.7, timeout=20.0)   # blocks; result.best.header.stamp = best frame
+
+`start()` returns a handle instead, for a planner that moves the probe meanwhile and may cancel:
+
+    search = client.start(target_score=0.7, timeout=20.0, feedback=print)
+    ...; search.cancel(); result = search.result()
+
+Without a node the client makes its own and spins it on a background thread. With `node=` it uses yours, which
+you must spin in an executor on another thread (the client waits on futures, it never spins your node).
+
+Console script: `best_view_client --target 0.7 --timeout 20 [--return-image --save best.png]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import rclpy
+from action_msgs.msg import GoalStatus
+from rclpy.action import ActionClient
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.task import Future
+from usiqa_msgs.action import BestViewSearch
+
+from usiqa_ros.ros.best_view import ACTION_NAME, OUTCOME_NAMES, duration_s, to_duration
+
+Result = BestViewSearch.Result
+Feedback = BestViewSearch.Feedback
+
+
+class BestViewError(RuntimeError):
+    """The server is not available, rejected the goal, or did not answer in time."""
+
+
+def _wait(future: Future, timeout: float | None, what: str) -> Any:
+    done = threading.Event()
+    future.add_done_callback(lambda _f: done.set())
+    if not done.wait(timeout):
+        raise BestViewError(f"{what}: no answer within {timeout} s")
+    if future.exception() is not None:
+        raise BestViewError(f"{what}: {future.exception()}")
+    return future.result()
+
+
+class SearchHandle:
+    """A running search: cancel it, wait for its result."""
+
+    def __init__(self, goal_handle: Any, result_future: Future, default_wait: float) -> None:
+        self.goal_handle = goal_handle
+        self._result_future = result_future
+        self._default_wait = default_wait
+        self.status: int = GoalStatus.STATUS_UNKNOWN
+
+    def cancel(self, timeout: float = 5.0) -> bool:
+        """Ask the server to stop; the search then ends CANCELED with the best frame so far. True if accepted."""
+        response = _wait(self.goal_handle.cancel_goal_async(), timeout, "cancel")
+        return bool(response.goals_canceling)
+
+    def done(self) -> bool:
+        return self._result_future.done()
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Block until the search ends; return the BestViewSearch.Result (goal status in `self.status`)."""
+        wrapped = _wait(self._result_future, timeout if timeout is not None else self._default_wait, "result")
+        self.status = wrapped.status
+        return wrapped.result
+
+
+class BestViewClient:
+    """Sends BestViewSearch goals to the IQA node and returns their results."""
+
+    def __init__(self, node: Node | None = None, action_name: str = ACTION_NAME, server_timeout: float = 10.0) -> None:
+        self._own_init = False
+        self._executor: SingleThreadedExecutor | None = None
+        self._thread: threading.Thread | None = None
+        if node is None:
+            if not rclpy.ok():
+                rclpy.init()
+                self._own_init = True
+            node = Node("best_view_client")
+            self._executor = SingleThreadedExecutor()
+            self._executor.add_node(node)
+            self._thread = threading.Thread(target=self._executor.spin, name="best_view_client", daemon=True)
+            self._thread.start()
+        self._own_node = self._executor is not None
+        self.node = node
+        self.server_timeout = server_timeout
+        self.action_name = action_name
+        self._client = ActionClient(node, BestViewSearch, action_name)
+
+    def start(
+        self,
+        target_score: float = 0.0,
+        timeout: float = 0.0,
+        return_image: bool = False,
+        feedback: Callable[[Any], None] | None = None,
+    ) -> SearchHandle:
+        """Send a goal and return once it is accepted. timeout 0 = the server's default; target 0 = no early
+        stop. `feedback` is called with each BestViewSearch.Feedback (on the spinning thread)."""
+        if not self._client.wait_for_server(timeout_sec=self.server_timeout):
+            raise BestViewError(f"action server {self.action_name!r} not available within {self.server_timeout} s")
+        goal = BestViewSearch.Goal(
+            target_score=float(target_score), timeout=to_duration(timeout), return_image=bool(return_image)
+        )
+        fb = (lambda m: feedback(m.feedback)) if feedback is not None else None
+        goal_handle = _wait(self._client.send_goal_async(goal, feedback_callback=fb), self.server_timeout, "goal")
+        if not goal_handle.accepted:
+            raise BestViewError("goal rejected (another search is running and goal_policy is reject, or bad goal)")
+        # The server ends a goal by itself at its timeout (or default_timeout_s): wait that long plus slack.
+        wait = (timeout if timeout > 0 else 600.0) + self.server_timeout
+        return SearchHandle(goal_handle, goal_handle.get_result_async(), wait)
+
+    def search(self, target_score: float = 0.0, timeout: float = 0.0, return_image: bool = False, **kw: Any) -> Any:
+        """Run one search to its end and return the BestViewSearch.Result."""
+        return self.start(target_score, timeout, return_image, **kw).result()
+
+    def close(self) -> None:
+        self._client.destroy()
+        if self._own_node:
+            self._executor.shutdown(timeout_sec=2.0)
+            self._thread.join(timeout=2.0)
+            self.node.destroy_node()
+        if self._own_init:
+            rclpy.try_shutdown()
+
+    def __enter__(self) -> BestViewClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def format_feedback(fb: Any) -> str:
+    cur, best = fb.current, fb.best
+    return (
+        f"[feedback] frames {fb.frames_evaluated:4d}  current {cur.score:.3f} ({cur.header.frame_id})  "
+        f"best {best.score:.3f} @ {best.header.stamp.sec}.{best.header.stamp.nanosec:09d}"
+    )
+
+
+def format_result(result: Any) -> str:
+    b = result.best
+    lines = [
+        f"outcome   {OUTCOME_NAMES.get(result.outcome, result.outcome)}: {result.message}",
+        f"frames    {result.frames_evaluated} in {duration_s(result.elapsed):.2f} s",
+    ]
+    if b.grade:
+        lines.append(
+            f"best      score {b.score:.3f} grade {b.grade} stamp {b.header.stamp.sec}.{b.header.stamp.nanosec:09d} "
+            f"frame_id {b.header.frame_id}"
+        )
+    if result.best_image.data:
+        lines.append(f"image     {result.best_image.width}x{result.best_image.height} {result.best_image.encoding}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv if argv is None else [sys.argv[0], *argv]
+    rclpy.init(args=argv)
+    ap = argparse.ArgumentParser(description="Run one best-view search against iqa_node and print the result.")
+    ap.add_argument("--target", type=float, default=0.0, help="stop early at this score in [0, 1]; 0 = never")
+    ap.add_argument("--timeout", type=float, default=0.0, help="seconds; 0 = the server's default_timeout_s")
+    ap.add_argument("--return-image", action="store_true", help="ask for the best frame's image")
+    ap.add_argument("--save", default="", help="write the returned image to this file (implies --return-image)")
+    ap.add_argument("--action", default=ACTION_NAME, help="action name (namespace it if the node is namespaced)")
+    ap.add_argument("--server-timeout", type=float, default=10.0, help="seconds to wait for the server")
+    args = ap.parse_args(rclpy.utilities.remove_ros_args(argv)[1:])
+    try:
+        with BestViewClient(action_name=args.action, server_timeout=args.server_timeout) as client:
+            t0 = time.monotonic()
+            search = client.start(
+                args.target,
+                args.timeout,
+                args.return_image or bool(args.save),
+                feedback=lambda f: print(format_feedback(f), flush=True),
+            )
+            print(f"[goal] accepted after {time.monotonic() - t0:.2f} s", flush=True)
+            try:
+                result = search.result()
+            except KeyboardInterrupt:
+                search.cancel()
+                result = search.result(timeout=5.0)
+            print(format_result(result), flush=True)
+            if args.save and result.best_image.data:
+                import cv2
+
+                from usiqa_ros.ros.convert import image_to_array
+
+                cv2.imwrite(args.save, image_to_array(result.best_image))
+                print(f"saved     {args.save}")
+    except BestViewError as e:
+        print(f"best_view_client: {e}", file=sys.stderr)
+        return 2
+    finally:
+        rclpy.try_shutdown()
+    return 0 if result.outcome in (Result.REACHED_TARGET, Result.TIMEOUT) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
