@@ -1,6 +1,6 @@
 """Offline bag evaluation throughput vs. the bare engine (target: bag_eval_ratio >= 0.9).
 
-    .venv/bin/python -m benchmarks.bag_eval_bench [--rounds 12] [--frames 48] [--batch 16] [--format raw]
+    .venv/bin/python -m benchmarks.bag_eval_bench [--rounds 6] [--frames 0] [--batch 16] [--format raw]
 
 Bag: frames of the real clips in ../shared/data/real_us/clips (350-384 px), written with usiqa-make-bag.
 "bare engine": `Engine.score_preprocessed` on frames already decoded and preprocessed in memory, same model and
@@ -60,7 +60,7 @@ def bag_eval_fps(engine: Engine, bag: Path, batch: int) -> tuple[float, float, f
     return s.throughput_fps, s.inference_seconds / s.wall_seconds, s.reader_cpu_seconds / len(s.frames)
 
 
-def measure(rounds: int = 12, batch: int = 16, fmt: str = "raw", model_path: str = "", n_frames: int = 48) -> dict:
+def measure(rounds: int = 6, batch: int = 16, fmt: str = "raw", model_path: str = "", n_frames: int = 0) -> dict:
     """Interleaved bare-engine vs bag-eval throughput; importable by benchmarks.run."""
     frames = clip_frames()[: n_frames or None]
     engine = Engine(EngineConfig(model_path=model_path, device="cpu"))
@@ -117,8 +117,8 @@ def measure(rounds: int = 12, batch: int = 16, fmt: str = "raw", model_path: str
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=12)
-    ap.add_argument("--frames", type=int, default=48, help="frames of the clips to use (0 = all 240)")
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--frames", type=int, default=0, help="frames of the clips to use (0 = all 240)")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--format", choices=make_bag.FORMATS, default="raw")
     ap.add_argument("--model", default="")
