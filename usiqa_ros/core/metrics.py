@@ -1,0 +1,129 @@
+"""Evaluation metrics for grade classifiers and quality scores (numpy/scipy only, no sklearn at run time).
+
+Grades are integers 1..G; scores are continuous (higher = better quality). Tests check every figure
+against scipy/sklearn on fixed inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import stats
+
+
+def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[int]) -> np.ndarray:
+    """C[i, j] = number of items with true label labels[i] predicted as labels[j]."""
+    index = {lab: i for i, lab in enumerate(labels)}
+    cm = np.zeros((len(labels), len(labels)), dtype=np.int64)
+    for t, p in zip(y_true, y_pred, strict=True):
+        if t not in index or p not in index:
+            raise ValueError(f"label {t if t not in index else p} not in labels {list(labels)}")
+        cm[index[t], index[p]] += 1
+    return cm
+
+
+def accuracy(y_true: Sequence[int], y_pred: Sequence[int]) -> float:
+    t, p = np.asarray(y_true), np.asarray(y_pred)
+    if t.shape != p.shape or t.size == 0:
+        raise ValueError("y_true and y_pred must be non-empty and of equal length")
+    return float(np.mean(t == p))
+
+
+def per_class_rates(cm: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-class precision, sensitivity (recall), specificity and F1 from a confusion matrix (0 when undefined)."""
+    cm = cm.astype(np.float64)
+    tp = np.diag(cm)
+    fn = cm.sum(1) - tp
+    fp = cm.sum(0) - tp
+    tn = cm.sum() - tp - fn - fp
+
+    def div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.divide(a, b, out=np.zeros_like(a), where=b > 0)
+
+    precision = div(tp, tp + fp)
+    sensitivity = div(tp, tp + fn)
+    specificity = div(tn, tn + fp)
+    f1 = div(2 * tp, 2 * tp + fp + fn)
+    return {"precision": precision, "sensitivity": sensitivity, "specificity": specificity, "f1": f1}
+
+
+def macro_f1(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[int] | None = None) -> float:
+    """Mean F1 over `labels` (default: labels present in y_true or y_pred, as sklearn does)."""
+    labels = sorted(set(y_true) | set(y_pred)) if labels is None else list(labels)
+    return float(per_class_rates(confusion_matrix(y_true, y_pred, labels))["f1"].mean())
+
+
+def srocc(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman rank correlation (NaN when either side is constant)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if a.std() == 0 or b.std() == 0:
+        return float("nan")
+    return float(stats.spearmanr(a, b).statistic)
+
+
+def plcc(a: Sequence[float], b: Sequence[float]) -> float:
+    """Pearson linear correlation (NaN when either side is constant)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if a.std() == 0 or b.std() == 0:
+        return float("nan")
+    return float(stats.pearsonr(a, b).statistic)
+
+
+def mae(a: Sequence[float], b: Sequence[float]) -> float:
+    return float(np.mean(np.abs(np.asarray(a, float) - np.asarray(b, float))))
+
+
+def pairwise_accuracy(better: Sequence[float], worse: Sequence[float]) -> float:
+    """Share of (better, worse) pairs whose scores are ordered correctly; a tie counts half (CRL-UIQA)."""
+    b, w = np.asarray(better, float), np.asarray(worse, float)
+    if b.shape != w.shape or b.size == 0:
+        raise ValueError("better and worse must be non-empty and of equal length")
+    return float(np.mean((b > w) + 0.5 * (b == w)))
+
+
+def ranking_pairs_accuracy(grades: Sequence[int], scores: Sequence[float]) -> float:
+    """Pairwise accuracy over all item pairs with different true grades (ties in score count half)."""
+    g, s = np.asarray(grades, float), np.asarray(scores, float)
+    i, j = np.nonzero(g[:, None] > g[None, :])
+    if i.size == 0:
+        return float("nan")
+    return pairwise_accuracy(s[i], s[j])
+
+
+def weak_view_consistency(scores: Sequence[float], weak_scores: Sequence[float]) -> float:
+    """Mean |score(view) - score(weak view)|: how much a quality-preserving flip/rotation moves the score."""
+    return mae(scores, weak_scores)
+
+
+def grade_to_score(grades: Sequence[int] | np.ndarray, num_grades: int = 5) -> np.ndarray:
+    """Grade 1..G -> [0, 1], the scale of `expected_score`."""
+    return (np.asarray(grades, float) - 1) / (num_grades - 1)
+
+
+def classification_report(
+    y_true: Sequence[int], y_pred: Sequence[int], scores: Sequence[float] | None = None, num_grades: int = 5
+) -> dict:
+    """Every grade metric in one JSON-ready dict. `scores` (in [0, 1]) adds SROCC/PLCC/MAE/pairwise."""
+    labels = list(range(1, num_grades + 1))
+    cm = confusion_matrix(y_true, y_pred, labels)
+    rates = per_class_rates(cm)
+    out = {
+        "n": len(y_true),
+        "accuracy": accuracy(y_true, y_pred),
+        "macro_f1": macro_f1(y_true, y_pred),
+        "mae_grade": mae(y_true, y_pred),
+        "confusion_matrix": cm.tolist(),
+        "labels": labels,
+        "per_class": {
+            str(lab): {k: float(v[i]) for k, v in rates.items()} | {"support": int(cm[i].sum())}
+            for i, lab in enumerate(labels)
+        },
+    }
+    if scores is not None:
+        s = np.asarray(scores, float)
+        out["srocc"] = srocc(y_true, s)
+        out["plcc"] = plcc(y_true, s)
+        out["mae_score_grade"] = mae(y_true, 1 + s * (num_grades - 1))
+        out["pairwise_accuracy_all_pairs"] = ranking_pairs_accuracy(y_true, s)
+    return out
