@@ -1,0 +1,1 @@
+"""Datasets, splits and graded synthetic data for training and evaluation (ROS-free)."""
