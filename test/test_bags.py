@@ -241,13 +241,17 @@ def test_good_bad_labels_by_index(raw_scores, tmp_path):
         bag_report.load_labels(tmp_path / "bad.csv")
 
 
-def test_pairwise_accuracy_definition():
+def test_agreement_metrics_definitions():
     s = np.array([0.1, 0.5, 0.9, 0.9])
-    y = np.array([1.0, 2.0, 3.0, 2.0])
+    y = np.array([1, 2, 3, 2])
+    m = bag_report.agreement_metrics(s, np.array([1, 2, 3, 3]), y, binary=False, good_grade=3)
+    assert m["accuracy"] == pytest.approx(0.75)
     # pairs with different labels: (0,1), (0,2), (0,3), (1,2) ordered right; (2,3) score tie -> 0.5;
     # (1,3) share a label and do not count
-    assert bag_report.pairwise_accuracy(s, y) == pytest.approx(4.5 / 5)
-    assert bag_report.pairwise_accuracy(-s, y) == pytest.approx(0.5 / 5)
+    assert m["pairwise_accuracy"] == pytest.approx(4.5 / 5)
+    # good/bad: predicted good = grade >= good_grade
+    m = bag_report.agreement_metrics(s, np.array([1, 2, 3, 4]), np.array([0, 0, 1, 0]), binary=True, good_grade=3)
+    assert m["accuracy"] == pytest.approx(0.75) and m["n"] == 4
 
 
 def test_scores_bag_has_embedded_definition_and_reads_back(raw_bag, raw_scores, tmp_path):

@@ -112,34 +112,21 @@ def join_labels(frames: list[FrameResult], labels: Labels, tolerance_s: float) -
     return out, missed
 
 
-def pairwise_accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Share of pairs with different labels that the scores order the same way (score ties count half)."""
-    ds = scores[:, None] - scores[None, :]
-    dl = labels[:, None] - labels[None, :]
-    mask = dl > 0
-    n = int(mask.sum())
-    if n == 0:
-        return float("nan")
-    return float(((ds[mask] > 0).sum() + 0.5 * (ds[mask] == 0).sum()) / n)
-
-
 def agreement_metrics(
     scores: np.ndarray, grades: np.ndarray, labels: np.ndarray, binary: bool, good_grade: int
 ) -> dict:
-    """Accuracy, macro-F1, SROCC and pairwise accuracy of the model against the labels.
+    """Accuracy and macro-F1 of the predicted grade (or of grade >= good_grade against good/bad labels), SROCC
+    and pairwise accuracy of the score against the labels; definitions from `core.metrics`."""
+    from usiqa_ros.core import metrics
 
-    Local implementation with scipy/sklearn (the same definitions as the evaluation toolkit's metrics)."""
-    from scipy.stats import spearmanr
-    from sklearn.metrics import f1_score
-
-    pred = (grades >= good_grade).astype(int) if binary else grades
-    srocc = float(spearmanr(scores, labels).statistic) if len(set(labels.tolist())) > 1 else float("nan")
+    y = labels.astype(int).tolist()
+    pred = ((grades >= good_grade).astype(int) if binary else grades.astype(int)).tolist()
     return {
-        "n": int(len(labels)),
-        "accuracy": float((pred == labels).mean()),
-        "macro_f1": float(f1_score(labels, pred, average="macro", labels=sorted(set(labels.tolist())))),
-        "srocc": srocc,
-        "pairwise_accuracy": pairwise_accuracy(scores, labels.astype(float)),
+        "n": len(y),
+        "accuracy": metrics.accuracy(y, pred),
+        "macro_f1": metrics.macro_f1(y, pred),
+        "srocc": metrics.srocc(scores, labels),
+        "pairwise_accuracy": metrics.ranking_pairs_accuracy(y, scores),
     }
 
 
