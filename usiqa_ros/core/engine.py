@@ -12,11 +12,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from usiqa_ros.core.backends import (
+    FACTORIES,
+    ORT_OPT_LEVELS,
+    Backend,
+    BackendOptions,
+    BackendUnavailable,
+    candidates,
+)
 from usiqa_ros.core.checkpoint import LoadedCheckpoint, load_checkpoint
 from usiqa_ros.core.model import expected_score
 from usiqa_ros.core.preprocess import PreprocessConfig, preprocess_frame, to_batch
 
 log = logging.getLogger(__name__)
+
+BACKEND_TOLERANCE = 1e-3  # max |dprob| vs eager fp32 for an fp32 backend to be used
+REDUCED_PRECISION_TOLERANCE = 5e-2  # start-up sanity bound for bf16/fp16 (grade agreement is benchmarked)
 
 
 @dataclass
@@ -33,6 +44,13 @@ class EngineConfig:
     roi: tuple[int, int, int, int] = (0, 0, 0, 0)
     input_size: int = 0  # 0 = the checkpoint's
     warmup_iterations: int = 2
+    # Inference backend (core/backends.py): eager | torchscript | compile | onnxruntime | auto. A backend that
+    # cannot start here, or disagrees with eager fp32 at start-up, is skipped with a warning (eager is the floor).
+    backend: str = "eager"
+    num_interop_threads: int = 0  # torch / ORT inter-op threads; 0 = library default
+    ort_graph_optimization: str = "all"  # disable | basic | extended | all
+    ort_allow_spinning: bool = True  # ORT idle workers spin: lower latency, more CPU
+    verify_backend: bool = True  # compare the backend's probabilities with eager fp32 at start-up
 
 
 @dataclass
@@ -69,13 +87,24 @@ def resolve_device(requested: str, require: bool = False) -> torch.device:
     return dev
 
 
+def set_threads(intra: int, inter: int) -> None:
+    """torch intra-/inter-op threads (<= 0: leave the default). Inter-op can only be set before first use."""
+    if intra > 0:
+        torch.set_num_threads(intra)
+    if inter > 0 and torch.get_num_interop_threads() != inter:
+        try:
+            torch.set_num_interop_threads(inter)
+        except RuntimeError as e:  # already started in this process: keep going with the current pool
+            log.warning("num_interop_threads=%d not applied (%s); using %d", inter, e, torch.get_num_interop_threads())
+
+
 class Engine:
     """Scores batches of frames with a USQNet checkpoint."""
 
     def __init__(self, config: EngineConfig | None = None) -> None:
+        t_start = time.perf_counter()
         self.config = cfg = config or EngineConfig()
-        if cfg.num_threads > 0:
-            torch.set_num_threads(cfg.num_threads)
+        set_threads(cfg.num_threads, cfg.num_interop_threads)
         self.device = resolve_device(cfg.device, cfg.require_device)
         self.checkpoint: LoadedCheckpoint = load_checkpoint(
             cfg.model_path or None,
@@ -89,9 +118,65 @@ class Engine:
             input_size=cfg.input_size or self.checkpoint.input_size, crop=cfg.crop, roi=tuple(cfg.roi)
         )
         self.num_grades = self.checkpoint.model.config.num_grades
+        self.backend: Backend = self._start_backend()
         t0 = time.perf_counter()
         self.warmup(cfg.warmup_iterations)
         self.warmup_seconds = time.perf_counter() - t0
+        self.startup_seconds = time.perf_counter() - t_start  # checkpoint + backend + warm-up
+
+    def backend_options(self) -> BackendOptions:
+        cfg = self.config
+        return BackendOptions(
+            device=self.device,
+            input_size=self.preprocess_config.input_size,
+            channels_last=cfg.channels_last,
+            amp=cfg.amp,
+            num_threads=cfg.num_threads,
+            num_interop_threads=cfg.num_interop_threads,
+            ort_graph_optimization=cfg.ort_graph_optimization,
+            ort_allow_spinning=cfg.ort_allow_spinning,
+            cache_key=self.checkpoint.sha256,
+        )
+
+    def _start_backend(self) -> Backend:
+        """The first of the configured backend's candidates that starts and agrees with eager fp32."""
+        opts = self.backend_options()
+        if opts.ort_graph_optimization not in ORT_OPT_LEVELS:
+            raise ValueError(
+                f"ort_graph_optimization must be one of {ORT_OPT_LEVELS}, not {opts.ort_graph_optimization!r}"
+            )
+        s = opts.input_size
+        # A fixed, image-like check batch: a gradient plus speckle, two samples.
+        g = torch.Generator().manual_seed(0)
+        ramp = torch.linspace(0, 1, s).reshape(1, 1, 1, s)
+        check = (0.6 * ramp + 0.4 * torch.rand(2, 1, s, s, generator=g)).expand(-1, 3, -1, -1)
+        reference: torch.Tensor | None = None
+        for name in candidates(self.config.backend, self.device):
+            if name == "eager":
+                self.eager = FACTORIES["eager"](self.model, opts)
+                return self.eager
+            if reference is None and self.config.verify_backend:  # eager fp32, before any backend touches it
+                with torch.inference_mode():
+                    reference = torch.softmax(self.model(check.to(self.device)).float().cpu(), -1)
+            try:
+                backend = FACTORIES[name](self.model, opts)
+            except BackendUnavailable as e:
+                log.warning("backend %s unavailable, trying the next one: %s", name, e)
+                continue
+            if reference is None:
+                self.eager = FACTORIES["eager"](self.model, opts)
+                return backend
+            with torch.inference_mode():
+                probs = torch.softmax(backend(check).float().cpu(), -1)
+            diff = float((probs - reference).abs().max())
+            tol = BACKEND_TOLERANCE if backend.precision == "fp32" else REDUCED_PRECISION_TOLERANCE
+            if diff > tol:
+                log.warning("backend %s disagrees with eager fp32 (max |dprob| %.2e > %.0e): not used", name, diff, tol)
+                continue
+            self.eager = FACTORIES["eager"](self.model, opts)
+            log.info("backend %s: max |dprob| vs eager fp32 %.2e", backend.describe(), diff)
+            return backend
+        raise AssertionError("unreachable: eager is always a candidate")
 
     @property
     def model_id(self) -> str:
@@ -114,13 +199,10 @@ class Engine:
     @torch.inference_mode()
     def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """B x 3 x S x S in [0, 1] -> (probabilities B x G, scores B) on the CPU."""
-        x = batch.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-        if self.config.amp:
-            dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
-            with torch.autocast(device_type=self.device.type, dtype=dtype):
-                logits = self.model(x)
-        else:
-            logits = self.model(x)
+        s = self.preprocess_config.input_size
+        # Fixed-shape backends (TorchScript, ONNX) were built for the engine's input size; eager takes any.
+        same_size = batch.shape[-2:] == (s, s)
+        logits = (self.backend if same_size else self.eager)(batch)
         probs, scores = expected_score(logits)
         return probs.cpu(), scores.cpu()
 

@@ -14,6 +14,7 @@ activates itself.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections import Counter, deque
@@ -36,7 +37,8 @@ from usiqa_ros.core.checkpoint import CheckpointError
 from usiqa_ros.core.engine import Engine, EngineConfig, EngineError, FrameScore
 from usiqa_ros.core.preprocess import FrameError
 from usiqa_ros.ros.best_view import BestViewConfig, BestViewServer
-from usiqa_ros.ros.convert import compressed_to_array, image_to_array
+from usiqa_ros.ros.convert import check_header, compressed_to_array, image_to_array
+from usiqa_ros.ros.diagnostics import IqaDiagnostics
 
 # Called from the worker thread after each publish: (score message, source message, decoded frame).
 ScoreListener = Callable[[QualityScore, Any, np.ndarray], None]
@@ -59,6 +61,7 @@ class NodeStats:
     errors: Counter = field(default_factory=Counter)
     consecutive_failures: int = 0
     latencies_s: deque = field(default_factory=lambda: deque(maxlen=512))
+    warnings: Counter = field(default_factory=Counter)  # scored, but suspicious (zero stamp, no frame_id)
 
 
 def _duration(ns: int) -> Duration:
@@ -82,6 +85,13 @@ class IqaNode(LifecycleNode):
 
     # Parameters that may change while active; all others are read-only (set them at start-up).
     DYNAMIC = {"crop", "roi", "log_throttle_s"}
+    # Read by configure / activate: changeable only while unconfigured / not active (refused with a reason
+    # otherwise), so a failed configure can be fixed and retried without restarting the process.
+    CONFIGURE_TIME = {
+        "model_path", "model_sha256", "allow_unsafe_pickle", "device", "require_device", "amp", "num_threads",
+        "input_size", "backend", "num_interop_threads", "ort_graph_optimization", "ort_allow_spinning",
+    }  # fmt: skip
+    ACTIVATE_TIME = {"image_topic", "compressed_topic", "qos_reliability", "qos_depth", "quality_topic"}
 
     def __init__(self, node_name: str = "iqa_node", **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
@@ -103,12 +113,18 @@ class IqaNode(LifecycleNode):
         self._best_view: BestViewServer | None = None
         self._best_view_config = BestViewConfig(enabled=False)
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.diagnostics = IqaDiagnostics(self)  # /diagnostics at 1 Hz + its threshold parameters
 
     # ---------------------------------------------------------------- parameters
     def _declare_parameters(self) -> None:
         def p(name: str, default: Any, description: str, dynamic: bool = False, **kw: Any) -> None:
+            staged = name in self.CONFIGURE_TIME or name in self.ACTIVATE_TIME
+            if name in self.CONFIGURE_TIME:
+                description += " (Changeable only while unconfigured.)"
+            elif name in self.ACTIVATE_TIME:
+                description += " (Changeable only while not active.)"
             self.declare_parameter(
-                name, default, ParameterDescriptor(description=description, read_only=not dynamic, **kw)
+                name, default, ParameterDescriptor(description=description, read_only=not (dynamic or staged), **kw)
             )
 
         p("model_path", "", "Checkpoint (.safetensors). Empty = the bundled default model.")
@@ -117,7 +133,16 @@ class IqaNode(LifecycleNode):
         p("device", "auto", "auto | cpu | cuda | cuda:N. Missing CUDA falls back to the CPU with a warning.")
         p("require_device", False, "Fail at configure instead of falling back to the CPU.")
         p("amp", False, "Mixed precision (fp16 on CUDA, bf16 on CPU).")
-        p("num_threads", 0, "torch intra-op threads; 0 = torch default.")
+        p("num_threads", 0, "Intra-op threads of torch / ONNX Runtime; 0 = library default (one per core).")
+        p("num_interop_threads", 0, "Inter-op threads of torch / ONNX Runtime; 0 = library default.")
+        p(
+            "backend",
+            "auto",
+            "Inference backend: auto (fastest measured that starts and matches eager) | onnxruntime | torchscript "
+            "| compile | eager. A backend that cannot start falls back to eager with a warning.",
+        )
+        p("ort_graph_optimization", "all", "ONNX Runtime graph optimisation: disable | basic | extended | all.")
+        p("ort_allow_spinning", True, "ONNX Runtime idle worker threads spin: lower latency, more CPU use.")
         p("input_size", 0, "Model input side in px; 0 = the checkpoint's.")
         p("crop", "none", "none | auto (non-black sector bounding box) | roi", dynamic=True)
         p("roi", [0, 0, 0, 0], "Crop rectangle [x, y, w, h] in px, used when crop = roi.", dynamic=True)
@@ -140,6 +165,20 @@ class IqaNode(LifecycleNode):
         crop = next((p.value for p in params if p.name == "crop"), None)
         roi = next((p.value for p in params if p.name == "roi"), None)
         for prm in params:
+            if prm.name in self.CONFIGURE_TIME and self.engine is not None:
+                return SetParametersResult(
+                    successful=False,
+                    reason=f"{prm.name} is read at configure: change it while unconfigured (deactivate, cleanup first)",
+                )
+            if prm.name in self.ACTIVATE_TIME and self._running:
+                return SetParametersResult(
+                    successful=False,
+                    reason=f"{prm.name} is read at activate: change it while inactive (deactivate first)",
+                )
+            if prm.name == "qos_reliability" and prm.value not in ("best_effort", "reliable"):
+                return SetParametersResult(successful=False, reason="qos_reliability must be best_effort or reliable")
+            if prm.name == "qos_depth" and prm.value < 1:
+                return SetParametersResult(successful=False, reason="qos_depth must be >= 1")
             if prm.name == "crop" and prm.value not in ("none", "auto", "roi"):
                 return SetParametersResult(successful=False, reason="crop must be none, auto or roi")
             if prm.name == "roi" and (len(prm.value) != 4 or prm.value[2] <= 0 and prm.value[3] <= 0 and crop == "roi"):
@@ -168,6 +207,10 @@ class IqaNode(LifecycleNode):
             require_device=self.param("require_device"),
             amp=self.param("amp"),
             num_threads=self.param("num_threads"),
+            num_interop_threads=self.param("num_interop_threads"),
+            backend=self.param("backend"),
+            ort_graph_optimization=self.param("ort_graph_optimization"),
+            ort_allow_spinning=self.param("ort_allow_spinning"),
             input_size=self.param("input_size"),
             crop=self.param("crop"),
             roi=tuple(self.param("roi")),
@@ -179,11 +222,20 @@ class IqaNode(LifecycleNode):
             self.engine = Engine(cfg)
         except (CheckpointError, EngineError, ValueError) as e:
             self.get_logger().error(f"configure failed: {e}")
+            self.diagnostics.configure_error = str(e)
             self.engine = None
             return TransitionCallbackReturn.FAILURE
+        self.diagnostics.configure_error = ""
+        requested = (cfg.device or "auto").strip().lower()
+        if requested != "auto" and requested.split(":")[0] != self.engine.device.type:
+            self.get_logger().warning(
+                f"device {requested!r} requested but not available: running on {self.engine.device} "
+                "(set require_device:=true to fail instead)"
+            )
         self.get_logger().info(
-            f"model {self.engine.model_id} on {self.engine.device} "
-            f"(input {self.engine.preprocess_config.input_size} px), ready in {time.perf_counter() - t0:.2f} s"
+            f"model {self.engine.model_id} on {self.engine.device} with {self.engine.backend.describe()} "
+            f"(input {self.engine.preprocess_config.input_size} px), ready in {time.perf_counter() - t0:.2f} s "
+            f"(warm-up {self.engine.warmup_seconds:.2f} s)"
         )
         return TransitionCallbackReturn.SUCCESS
 
@@ -193,10 +245,21 @@ class IqaNode(LifecycleNode):
                 self._best_view = BestViewServer(self, self._best_view_config)
             self._best_view.activate()
         qos = qos_from(self.param("qos_reliability"), self.param("qos_depth"))
-        self._pub = self.create_publisher(QualityScore, self.param("quality_topic"), 10)
+        diag = self.diagnostics  # incompatible-QoS events are logged with a hint and shown on /diagnostics
+        self._pub = self.create_publisher(
+            QualityScore,
+            self.param("quality_topic"),
+            10,
+            event_callbacks=diag.publisher_events(self.param("quality_topic")),
+        )
         self._subs = [
             self.create_subscription(
-                Image, self.param("image_topic"), lambda m: self._on_frame(m, False), qos, callback_group=self.sub_group
+                Image,
+                self.param("image_topic"),
+                lambda m: self._on_frame(m, False),
+                qos,
+                callback_group=self.sub_group,
+                event_callbacks=diag.subscription_events(self.param("image_topic")),
             )
         ]
         if self.param("compressed_topic"):
@@ -207,6 +270,7 @@ class IqaNode(LifecycleNode):
                     lambda m: self._on_frame(m, True),
                     qos,
                     callback_group=self.sub_group,
+                    event_callbacks=diag.subscription_events(self.param("compressed_topic")),
                 )
             )
         with self._lock:
@@ -277,7 +341,13 @@ class IqaNode(LifecycleNode):
         with self._lock:
             s = self.stats
             return NodeStats(
-                s.received, s.scored, s.skipped, Counter(s.errors), s.consecutive_failures, deque(s.latencies_s)
+                s.received,
+                s.scored,
+                s.skipped,
+                Counter(s.errors),
+                s.consecutive_failures,
+                deque(s.latencies_s),
+                Counter(s.warnings),
             )
 
     def _on_frame(self, msg: Any, compressed: bool) -> None:
@@ -313,6 +383,7 @@ class IqaNode(LifecycleNode):
         engine = self.engine
         max_px = self.param("max_pixels")
         try:
+            notes = check_header(pending.msg.header)  # raises for an impossible stamp; notes = suspicious but usable
             frame = (
                 compressed_to_array(pending.msg, max_px) if pending.compressed else image_to_array(pending.msg, max_px)
             )
@@ -325,7 +396,19 @@ class IqaNode(LifecycleNode):
                 self.stats.consecutive_failures += 1
             self._reject("inference_error", f"{type(e).__name__}: {e}")
             return
+        for kind, detail in notes:
+            self._note(kind, detail)
         self._publish(pending, result, frame)
+
+    def _note(self, kind: str, detail: str) -> None:
+        """A scored frame with something odd about it (e.g. a zero stamp): counted and logged, rate-limited."""
+        with self._lock:
+            self.stats.warnings[kind] += 1
+            count = self.stats.warnings[kind]
+        now = time.monotonic()
+        if now - self._last_log.get(f"note:{kind}", -1e9) >= self.param("log_throttle_s"):
+            self._last_log[f"note:{kind}"] = now
+            self.get_logger().warning(f"frame scored but {detail} ({kind}, {count} so far)")
 
     def _publish(self, pending: _Pending, result: FrameScore, frame: np.ndarray) -> None:
         out = QualityScore()
@@ -356,7 +439,12 @@ class IqaNode(LifecycleNode):
 
 def main(args: list[str] | None = None) -> int:
     rclpy.init(args=args)
-    node = IqaNode()
+    try:
+        node = IqaNode()
+    except Exception as e:  # noqa: BLE001 - e.g. a parameter of the wrong type, SROS2 Enforce without an enclave
+        print(f"[FATAL] iqa_node: cannot create the node: {type(e).__name__}: {e}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return 1
     executor = MultiThreadedExecutor(num_threads=4)
     executor.add_node(node)
     code = 0

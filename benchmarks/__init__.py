@@ -1,0 +1,1 @@
+"""Benchmarks of usiqa_ros: `python -m benchmarks.run` (engine, node overhead, stream, scaling)."""

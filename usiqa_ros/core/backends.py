@@ -1,0 +1,276 @@
+"""Inference backends behind one small interface: `backend(batch) -> logits`.
+
+The engine owns preprocessing, device choice and the eager model; a backend only turns a B x 3 x S x S float
+batch into B x G logits, as fast as it can. Backends that cannot start here (missing package, no GPU
+provider, compiler failure) raise `BackendUnavailable`, and the engine falls back to eager with a warning.
+
+- eager:        the nn.Module itself (optionally channels_last and bf16/fp16 autocast).
+- torchscript:  traced, frozen and `optimize_for_inference`d (folds batch norm into convolutions).
+- compile:      `torch.compile` (inductor). Needs a C++ compiler on the CPU; compiles on first use.
+- onnxruntime:  exported to ONNX in memory (no file, no cache to go stale), run by ONNX Runtime with the
+                TensorRT / CUDA execution providers on a GPU when the installed build has them, else the CPU one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("eager", "torchscript", "compile", "onnxruntime")
+CHOICES = (*BACKENDS, "auto")
+ORT_OPT_LEVELS = ("disable", "basic", "extended", "all")
+# Preference order of "auto" on each device type, fastest first. Measured on the CPU (benchmarks/run.py,
+# README "Performance"); the CUDA order is the expected one (not measured here: no GPU).
+AUTO_ORDER = {"cpu": ("onnxruntime", "torchscript", "eager"), "cuda": ("onnxruntime", "eager")}
+
+
+class BackendUnavailable(RuntimeError):
+    """This backend cannot run here (package, provider, compiler or export missing or failing)."""
+
+
+@dataclass
+class BackendOptions:
+    """What a backend needs to know besides the model. Thread counts <= 0 mean "the library's default"."""
+
+    device: torch.device
+    input_size: int
+    channels_last: bool = True
+    amp: bool = False  # reduced precision: fp16 on CUDA; bf16 autocast on the CPU (eager/compile only)
+    num_threads: int = 0
+    num_interop_threads: int = 0
+    ort_graph_optimization: str = "all"
+    ort_allow_spinning: bool = True  # ORT worker threads spin while idle: lower latency, burns CPU
+    cache_key: str = ""  # identifies the weights (checkpoint SHA-256): reuse this process's ONNX export
+
+
+class Backend:
+    """Batch B x 3 x S x S float32 in [0, 1] (any device) -> logits B x G float32 (on `device`)."""
+
+    name = "base"
+    precision = "fp32"
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.precision})"
+
+
+def amp_dtype(device: torch.device) -> torch.dtype:
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
+def precision_of(amp: bool, device: torch.device) -> str:
+    return ("fp16" if device.type == "cuda" else "bf16") if amp else "fp32"
+
+
+class EagerBackend(Backend):
+    """The module itself, in inference mode. The reference every other backend is checked against."""
+
+    name = "eager"
+
+    def __init__(self, model: nn.Module, opts: BackendOptions) -> None:
+        self.model = model
+        self.device = opts.device
+        self.memory_format = torch.channels_last if opts.channels_last else torch.contiguous_format
+        self.amp = opts.amp
+        self.precision = precision_of(opts.amp, opts.device)
+        self.model.to(memory_format=self.memory_format)
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        x = batch.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        with torch.inference_mode():
+            if self.amp:
+                with torch.autocast(device_type=self.device.type, dtype=amp_dtype(self.device)):
+                    return self.model(x).float()
+            return self.model(x)
+
+
+class TorchScriptBackend(Backend):
+    """Trace -> freeze -> optimize_for_inference. Fixed input size; other sizes go to the eager model."""
+
+    name = "torchscript"
+
+    def __init__(self, model: nn.Module, opts: BackendOptions) -> None:
+        self.device = opts.device
+        self.memory_format = torch.channels_last if opts.channels_last else torch.contiguous_format
+        self.amp = opts.amp
+        self.precision = precision_of(opts.amp, opts.device)
+        s = opts.input_size
+        example = torch.zeros(1, 3, s, s, device=self.device).contiguous(memory_format=self.memory_format)
+        try:
+            with torch.no_grad(), warnings.catch_warnings(), self._autocast():
+                warnings.simplefilter("ignore")
+                traced = torch.jit.trace(model.to(memory_format=self.memory_format), example, check_trace=False)
+                self.module = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+                self.module(example)  # the first call specialises the graph; pay it here
+        except Exception as e:  # noqa: BLE001 - any tracing/freezing failure means "use another backend"
+            raise BackendUnavailable(f"TorchScript tracing failed: {type(e).__name__}: {e}") from None
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if not self.amp:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=amp_dtype(self.device))
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        x = batch.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        with torch.no_grad(), self._autocast():
+            return self.module(x).float()
+
+
+class CompileBackend(Backend):
+    """torch.compile (inductor). The compilation happens in the engine's warm-up, not on the first frame."""
+
+    name = "compile"
+
+    def __init__(self, model: nn.Module, opts: BackendOptions) -> None:
+        self.device = opts.device
+        self.memory_format = torch.channels_last if opts.channels_last else torch.contiguous_format
+        self.amp = opts.amp
+        self.precision = precision_of(opts.amp, opts.device)
+        if not hasattr(torch, "compile"):
+            raise BackendUnavailable("this torch has no torch.compile")
+        model = model.to(memory_format=self.memory_format)
+        # dynamic=False: one graph for the engine's fixed input size (batch sizes recompile once each).
+        self.module = torch.compile(model, dynamic=False)
+        s = opts.input_size
+        try:
+            self(torch.zeros(1, 3, s, s, device=self.device))
+        except Exception as e:  # noqa: BLE001 - inductor raises many kinds (no compiler, codegen failure)
+            raise BackendUnavailable(f"torch.compile failed: {type(e).__name__}: {str(e)[:300]}") from None
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        x = batch.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        with torch.inference_mode():
+            if self.amp:
+                with torch.autocast(device_type=self.device.type, dtype=amp_dtype(self.device)):
+                    return self.module(x).float()
+            return self.module(x)
+
+
+def ort_providers(device: torch.device, available: list[str], fp16: bool) -> list:
+    """Execution providers for `device`, best first, restricted to what this onnxruntime build has."""
+    if device.type != "cuda":
+        return ["CPUExecutionProvider"]
+    index = device.index or 0
+    wanted: list = []
+    if "TensorrtExecutionProvider" in available:
+        wanted.append(("TensorrtExecutionProvider", {"device_id": index, "trt_fp16_enable": fp16}))
+    if "CUDAExecutionProvider" in available:
+        wanted.append(("CUDAExecutionProvider", {"device_id": index}))
+    if not wanted:
+        raise BackendUnavailable(
+            f"device {device} requested but this onnxruntime build has no GPU provider (has {available})"
+        )
+    return [*wanted, "CPUExecutionProvider"]
+
+
+_ONNX_CACHE: dict[str, bytes] = {}  # cache_key -> export, so a re-configured node does not export again
+_ONNX_CACHE_SIZE = 4
+
+
+def export_onnx(model: nn.Module, input_size: int, opset: int = 17, cache_key: str = "") -> bytes:
+    """The model as ONNX bytes, batch dimension dynamic. In memory: the checkpoint stays the only artefact."""
+    key = f"{cache_key}:{input_size}:{opset}" if cache_key else ""
+    if key and key in _ONNX_CACHE:
+        return _ONNX_CACHE[key]
+    example = torch.zeros(1, 3, input_size, input_size)
+    buf = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model.cpu().to(memory_format=torch.contiguous_format),
+            (example,),
+            buf,
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=opset,
+            dynamo=False,
+        )
+    if key:
+        while len(_ONNX_CACHE) >= _ONNX_CACHE_SIZE:
+            _ONNX_CACHE.pop(next(iter(_ONNX_CACHE)))
+        _ONNX_CACHE[key] = buf.getvalue()
+    return buf.getvalue()
+
+
+class OnnxRuntimeBackend(Backend):
+    """ONNX Runtime session over the exported model. fp32 on the CPU provider; TensorRT may run fp16 (amp)."""
+
+    name = "onnxruntime"
+
+    def __init__(self, model: nn.Module, opts: BackendOptions) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise BackendUnavailable(f"onnxruntime is not installed ({e})") from None
+        if opts.ort_graph_optimization not in ORT_OPT_LEVELS:
+            raise ValueError(
+                f"ort_graph_optimization must be one of {ORT_OPT_LEVELS}, not {opts.ort_graph_optimization!r}"
+            )
+        self.device = opts.device
+        providers = ort_providers(opts.device, ort.get_available_providers(), fp16=opts.amp)
+        self.precision = "fp16" if opts.amp and opts.device.type == "cuda" else "fp32"
+        model_device = next(model.parameters()).device
+        try:
+            onnx_bytes = export_onnx(model, opts.input_size, cache_key=opts.cache_key)
+        except Exception as e:  # noqa: BLE001 - exporter failures come in many types
+            raise BackendUnavailable(f"ONNX export failed: {type(e).__name__}: {e}") from None
+        finally:
+            model.to(model_device)
+        so = ort.SessionOptions()
+        so.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[opts.ort_graph_optimization]
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # a chain of convolutions: nothing to overlap
+        so.intra_op_num_threads = max(opts.num_threads, 0)
+        so.inter_op_num_threads = max(opts.num_interop_threads, 0)
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if opts.ort_allow_spinning else "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "1" if opts.ort_allow_spinning else "0")
+        so.log_severity_level = 3  # errors only; provider fallback notices would be noise per start-up
+        try:
+            self.session = ort.InferenceSession(onnx_bytes, so, providers=providers)
+        except Exception as e:  # noqa: BLE001 - provider/graph failures
+            raise BackendUnavailable(f"ONNX Runtime session failed: {type(e).__name__}: {e}") from None
+        self.providers = self.session.get_providers()
+        if opts.device.type == "cuda" and self.providers[0] == "CPUExecutionProvider":
+            raise BackendUnavailable(f"ONNX Runtime could not start a GPU provider (got {self.providers})")
+        self.input_size = opts.input_size
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.precision}, {self.providers[0]})"
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        x = np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)
+        (logits,) = self.session.run(None, {"image": x})
+        return torch.from_numpy(logits).to(self.device)
+
+
+FACTORIES: dict[str, Callable[[nn.Module, BackendOptions], Backend]] = {
+    "eager": EagerBackend,
+    "torchscript": TorchScriptBackend,
+    "compile": CompileBackend,
+    "onnxruntime": OnnxRuntimeBackend,
+}
+
+
+def candidates(name: str, device: torch.device) -> tuple[str, ...]:
+    """Backends to try for a configured `name`, in order; eager is always the last resort."""
+    if name not in CHOICES:
+        raise ValueError(f"backend must be one of {CHOICES}, not {name!r}")
+    order = AUTO_ORDER.get(device.type, ("eager",)) if name == "auto" else (name,)
+    return tuple(dict.fromkeys((*order, "eager")))
