@@ -374,7 +374,8 @@ def test_live_replay_accounts_for_every_frame(ros, raw_bag, tmp_path):
 
     from usiqa_ros.tools import replay
 
-    params = dict(image_topic="/bagrp/image", quality_topic="/bagrp/quality", qos_reliability="reliable")
+    # reliable, with a history deep enough for the whole bag: no frame may be lost in transport
+    params = dict(image_topic="/bagrp/image", quality_topic="/bagrp/quality", qos_reliability="reliable", qos_depth=50)
     with running_iqa_node("iqa_bag_replay", **params) as node:
         rep = replay.Replayer("/bagrp/image", bagio.IMAGE_TYPE, "/bagrp/quality")
         spin = Spinner(rep)
@@ -394,7 +395,7 @@ def test_live_replay_accounts_for_every_frame(ros, raw_bag, tmp_path):
     lat = r["latency_ms"]
     assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"]
     assert r["node_latency_ms"]["p50"] > 0 and r["scored_fps"] > 0
-    assert r["published_fps"] == pytest.approx(25.0, rel=0.3)  # recorded pace, loosely (shared CPU)
+    assert 12.0 < r["published_fps"] <= 25.5  # the recorded 25 fps, never faster; loosely slower (shared CPU)
     assert set(res.scores) <= set(raw_bag.stamps_ns)  # scores carry the recorded stamps
     replay.write_outputs(res, r, tmp_path / "rp", quality_topic="/bagrp/quality")
     with bagio.open_bag(tmp_path / "rp" / "scores_bag") as rd:
