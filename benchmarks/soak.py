@@ -42,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
         "rss_mb_per_min": _slope_per_min(t, [s["rss_mb"] for s in steady]),
         "latency_p50_ms_per_min": _slope_per_min(t, [s["latency_p50_ms"] for s in steady]),
         "latency_p95_ms_per_min": _slope_per_min(t, [s["latency_p95_ms"] for s in steady]),
+        "node_cpu_ms_per_scored_per_min": _slope_per_min(
+            [s["t"] for s in steady if s["node_cpu_ms_per_scored"]],
+            [s["node_cpu_ms_per_scored"] for s in steady if s["node_cpu_ms_per_scored"]],
+        ),
+        "machine_load1_per_min": _slope_per_min(t, [s["load1"] for s in steady]),
     }
     ok = {
         "node_alive": rec["node_alive_at_end"],
@@ -49,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         # drift = growing latency; a falling one only means the shared machine got quieter
         "latency_p50_drift_below_1ms_per_min": trend["latency_p50_ms_per_min"] is not None
         and trend["latency_p50_ms_per_min"] < 1.0,
+        # the node's own CPU cost per frame does not depend on other jobs: a real drift shows here
+        "cpu_per_frame_drift_below_1ms_per_min": trend["node_cpu_ms_per_scored_per_min"] is not None
+        and trend["node_cpu_ms_per_scored_per_min"] < 1.0,
     }
     rec = {"command": " ".join(["benchmarks/soak.py", *(argv or sys.argv[1:])]), "trend": trend, "criteria": ok, **rec}
     path = write_result(args.out, rec)

@@ -13,6 +13,7 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ class Sample:
     latency_ms: list[float] = field(default_factory=list)  # node-reported, scores received in this interval
     e2e_ms: list[float] = field(default_factory=list)
     lag_frames: list[int] = field(default_factory=list)
+    load1: float = 0.0  # machine load average (1 min): other jobs share the CPU
+    node_cpu_ms_per_scored: float | None = None  # node process CPU time / frames scored in the interval
 
 
 def _slope(points: list[tuple[float, float]]) -> float | None:
@@ -76,7 +79,7 @@ def run_stream(
     cmd = [sys.executable, "-m", "usiqa_ros.ros.iqa_node", "--ros-args"]
     for k, v in params.items():
         cmd += ["-p", f"{k}:={v}"]
-    log_path = RESULTS / f"{name}_node.log"
+    log_path = Path(tempfile.gettempdir()) / f"usiqa_{name}_node.log"
     log = open(log_path, "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
     ps = psutil.Process(proc.pid)
@@ -112,6 +115,7 @@ def run_stream(
         rss0 = ps.memory_info().rss / 2**20
         start = time.monotonic()
         next_sample = start + sample_every_s
+        cpu_prev = sum(ps.cpu_times()[:2])
         period = 1.0 / fps
         i = 0
         while True:
@@ -140,6 +144,10 @@ def run_stream(
                         list(cur.lag_frames),
                     )
                     cur.scored, cur.latency_ms, cur.e2e_ms, cur.lag_frames = 0, [], [], []
+                cpu = sum(ps.cpu_times()[:2])
+                s.load1 = round(os.getloadavg()[0], 2)
+                s.node_cpu_ms_per_scored = round((cpu - cpu_prev) * 1e3 / s.scored, 1) if s.scored else None
+                cpu_prev = cpu
                 samples.append(s)
                 next_sample += sample_every_s
         elapsed = time.monotonic() - start
@@ -191,6 +199,8 @@ def run_stream(
                 "latency_p50_ms": _pct(s.latency_ms, 50),
                 "latency_p95_ms": _pct(s.latency_ms, 95),
                 "e2e_p95_ms": _pct(s.e2e_ms, 95),
+                "load1": s.load1,
+                "node_cpu_ms_per_scored": s.node_cpu_ms_per_scored,
             }
             for s in samples
         ],

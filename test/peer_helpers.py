@@ -52,11 +52,19 @@ class Peer(Node):
     def _on_diag(self, msg: DiagnosticArray) -> None:
         self.diag.extend(s for s in msg.status if s.name == f"{self.target}: image quality")
 
-    def _call(self, client, request, timeout: float = 60.0):
+    def _call(self, client, request, timeout: float = 60.0, attempts: int = 1):
+        """One service call. Idempotent requests may pass attempts > 1: right after discovery a DDS server can
+        drop the response to a client whose response reader it has not matched yet, so the request is resent."""
         assert client.wait_for_service(timeout_sec=15.0), f"service {client.srv_name} not available"
-        future = client.call_async(request)
-        wait_for(future.done, timeout)
-        return future.result()
+        for attempt in range(attempts):
+            future = client.call_async(request)
+            try:
+                wait_for(future.done, timeout / attempts)
+                return future.result()
+            except TimeoutError:
+                client.remove_pending_request(future)
+                if attempt == attempts - 1:
+                    raise
 
     def transition(self, name: str) -> bool:
         req = ChangeState.Request()
@@ -64,7 +72,7 @@ class Peer(Node):
         return self._call(self.change, req).success
 
     def state(self) -> str:
-        return self._call(self.get, GetState.Request()).current_state.label
+        return self._call(self.get, GetState.Request(), attempts=6).current_state.label
 
     def set_param(self, name: str, value: Any) -> tuple[bool, str]:
         req = SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()])

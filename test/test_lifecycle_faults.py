@@ -205,6 +205,8 @@ def test_runtime_parameters_validated_and_staged(ros):
         assert not ok and "read-only" in reason
         ok, reason = peer.set_param("max_pixels", 10)
         assert not ok and "read-only" in reason
+        ok, reason = peer.set_param("diagnostics_period_s", 0.5)
+        assert not ok and "read-only" in reason
         # dynamic ones: validated, applied to the running engine
         ok, reason = peer.set_param("crop", "bogus")
         assert not ok and "none, auto or roi" in reason
@@ -322,21 +324,12 @@ def _run_main(*ros_args: str, env: dict[str, str] | None = None) -> subprocess.P
     )
 
 
-def test_main_autostart_exits_nonzero_on_bad_model_path_or_parameter(ros):
-    bad_path = _run_main("-p", "model_path:=/bad/path/model.safetensors")
-    bad_type = _run_main("-p", "model_path:=5")
-    out, _ = bad_path.communicate(timeout=120)
-    assert bad_path.returncode != 0, out
-    assert "/bad/path/model.safetensors" in out and "does not exist" in out, out
-    assert "Traceback" not in out, out
-    out, _ = bad_type.communicate(timeout=120)
-    assert bad_type.returncode != 0, out
-    assert "model_path" in out and "expecting type 'STRING'" in out and "Traceback" not in out, out
-
-
-def test_main_autostart_false_waits_unconfigured_and_autostart_true_activates(ros, tmp_path):
-    """Also: main() accepts an SROS2 enclave argument and ROS_SECURITY_* (Permissive here: the Fast DDS of the
-    pip wheels is built without the security plugins, so an enforced enclave cannot be exercised here)."""
+def test_main_entry_point_autostart_failures_and_enclave(ros, tmp_path):
+    """The `main()` path, four processes started together (they share the start-up cost):
+    a bad model_path and a parameter of the wrong type exit non-zero with one message and no traceback;
+    autostart:=false waits unconfigured; autostart (default) reaches active, here also with an SROS2 enclave
+    argument and ROS_SECURITY_* set (Permissive: the Fast DDS of the pip wheels is built without the security
+    plugins, so an enforced enclave cannot be exercised here); SIGINT exits 0."""
     import signal
 
     security = {
@@ -344,14 +337,22 @@ def test_main_autostart_false_waits_unconfigured_and_autostart_true_activates(ro
         "ROS_SECURITY_STRATEGY": "Permissive",
         "ROS_SECURITY_KEYSTORE": str(tmp_path / "keystore"),
     }
+    bad_path = _run_main("-p", "model_path:=/bad/path/model.safetensors")
+    bad_type = _run_main("-p", "model_path:=5")
     procs = {
         "iqa_main_manual": _run_main("-r", "__node:=iqa_main_manual", "-p", "autostart:=false"),
         "iqa_main_auto": _run_main("-r", "__node:=iqa_main_auto", "--enclave", "/usiqa/iqa_node", env=security),
     }
-    names = list(procs)
-    peers = {n: Peer(n) for n in names}
+    peers = {n: Peer(n) for n in procs}
     spin = Spinner(*peers.values())
     try:
+        out, _ = bad_path.communicate(timeout=120)
+        assert bad_path.returncode != 0, out
+        assert "/bad/path/model.safetensors" in out and "does not exist" in out, out
+        assert "Traceback" not in out, out
+        out, _ = bad_type.communicate(timeout=120)
+        assert bad_type.returncode != 0, out
+        assert "model_path" in out and "expecting type 'STRING'" in out and "Traceback" not in out, out
         for peer in peers.values():
             assert peer.get.wait_for_service(timeout_sec=90.0)
         assert peers["iqa_main_manual"].state() == "unconfigured"
@@ -363,7 +364,7 @@ def test_main_autostart_false_waits_unconfigured_and_autostart_true_activates(ro
             assert p.returncode == 0, (n, out)
             assert "Traceback" not in out, out
     finally:
-        for p in procs.values():
+        for p in [bad_path, bad_type, *procs.values()]:
             if p.poll() is None:
                 p.kill()
         spin.stop()

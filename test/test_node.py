@@ -107,6 +107,8 @@ def test_unsupported_encoding_is_skipped_and_scoring_continues(ros):
             bad = image_msg(frame, 1, frame_id="bad")
             bad.encoding = "yuv422_weird"
             probe.image_pub.publish(bad)
+            # one at a time: a frame still waiting in the one-slot buffer is overwritten (counted as skipped)
+            wait_for(lambda: sum(node.stats_snapshot().errors.values()) >= 1, 15)
             short = image_msg(frame, 2, frame_id="short")
             short.data = bytes(short.data)[:-10]
             probe.image_pub.publish(short)
