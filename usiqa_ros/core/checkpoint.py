@@ -110,7 +110,9 @@ def save_checkpoint(
 
 def _sniff_pickle(path: Path) -> bool:
     with open(path, "rb") as f:
-        head = f.read(4)
+        head = f.read(9)
+    if head[8:9] == b"{":  # safetensors: u64 header length, then the JSON header (its low byte may be 0x80)
+        return False
     return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
 
 

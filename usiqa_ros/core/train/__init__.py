@@ -1,0 +1,1 @@
+"""Training: supervised USQNet, CRL-UIQA, distributed helpers, the default-model recipe (ROS-free)."""

@@ -1,0 +1,52 @@
+"""`usiqa-train [supervised|crl] [--config run.yaml] [--set key=value ...]`; works under torchrun.
+
+Examples:
+  usiqa-train --set data=my_data/labels.csv --set out=runs/a --set epochs=30
+  usiqa-train crl --set data=sweeps/ --set references=refs/ --set out=runs/crl
+  torchrun --nproc_per_node 2 -m usiqa_ros.core.train.cli --config run.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from usiqa_ros.core.train.config import TrainConfig, load_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    mode = "supervised"
+    if argv and argv[0] in ("supervised", "crl"):
+        mode = argv.pop(0)
+    ap = argparse.ArgumentParser(prog=f"usiqa-train {mode}", description=__doc__.split("\n")[0])
+    ap.add_argument("--config", help="YAML file with TrainConfig keys")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    ap.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    args = ap.parse_args(argv)
+    try:
+        cfg: TrainConfig = load_config(args.config, args.set)
+    except (ValueError, OSError) as e:
+        print(f"usiqa-train: {e}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(json.dumps(cfg.to_dict(), indent=1))
+        return 0
+    if mode == "crl":
+        from usiqa_ros.core.train.crl import train_crl
+
+        _, summary = train_crl(cfg)
+        print(json.dumps({"out": cfg.out, "last": summary["history"][-1] if summary["history"] else None}))
+    else:
+        from usiqa_ros.core.train.supervised import train_supervised
+
+        _, summary = train_supervised(cfg)
+        print(
+            json.dumps({"out": cfg.out, "best_epoch": summary["best_epoch"], "best_val_loss": summary["best_val_loss"]})
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""CRL-UIQA: quality regression without labels, from a few high-quality reference planes (MICCAI 2024).
+
+1. Embed every training image and every reference plane with a frozen encoder (`USQNet.forward_features`
+   of `init_checkpoint`, default: the bundled model).
+2. Pseudo-label s_i = -mean of the k smallest Euclidean distances to the references; Yeo-Johnson
+   (scipy.stats.yeojohnson) then min-max to [0, 1].
+3. Train the regressor with L = alpha*MSE(pred, s) + theta*MSE(pred(weak), pred)
+   + beta*mean(max(pred(strong) - pred + eps, 0)); weak = flip + small rotation, strong = blur of severity eps.
+
+The regressor is a USQNet whose score is `expected_score` of its 5-grade head (so the node loads the result
+unchanged and publishes it as the quality score); its argmax grade is not meaningful after CRL training.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import stats
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+from tqdm import tqdm
+
+from usiqa_ros.core import metrics
+from usiqa_ros.core.checkpoint import load_checkpoint
+from usiqa_ros.core.data.datasets import load_any
+from usiqa_ros.core.data.degrade import degrade
+from usiqa_ros.core.data.synthetic import weak_view
+from usiqa_ros.core.model import USQNet, expected_score
+from usiqa_ros.core.preprocess import PreprocessConfig, preprocess_frame, to_batch
+from usiqa_ros.core.train.common import (
+    build_from_config,
+    frames_of,
+    init_distributed,
+    load_items,
+    lr_at,
+    pick_device,
+    plot_curves,
+    save_model,
+    split_items,
+    unwrap,
+)
+from usiqa_ros.core.train.config import TrainConfig, save_config
+
+
+def pseudo_labels(embeddings: np.ndarray, references: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(raw s = -mean of k smallest distances, final label in [0, 1] after Yeo-Johnson + min-max)."""
+    if references.shape[0] == 0:
+        raise ValueError("CRL-UIQA needs at least one reference plane")
+    k = min(k, references.shape[0])
+    d = np.sqrt(((embeddings[:, None, :] - references[None, :, :]) ** 2).sum(-1))
+    raw = -np.sort(d, axis=1)[:, :k].mean(1)
+    if np.ptp(raw) == 0:
+        return raw, np.full_like(raw, 0.5)
+    transformed, _ = stats.yeojohnson(raw.astype(np.float64))
+    lo, hi = transformed.min(), transformed.max()
+    return raw, ((transformed - lo) / (hi - lo)).astype(np.float32)
+
+
+@torch.inference_mode()
+def embed(model: USQNet, frames: list[np.ndarray], pre: PreprocessConfig, batch: int = 32) -> np.ndarray:
+    model.eval()
+    out = []
+    for i in range(0, len(frames), batch):
+        out.append(model.forward_features(to_batch([preprocess_frame(f, pre) for f in frames[i : i + batch]])))
+    return torch.cat(out).float().numpy()
+
+
+class CRLDataset(Dataset):
+    """(view, weak view, strong view, pseudo-label); views are 1 x S x S in the node's preprocessing."""
+
+    def __init__(self, frames: list[np.ndarray], labels: np.ndarray, pre: PreprocessConfig, eps: float, seed: int):
+        self.frames, self.labels, self.pre, self.eps, self.seed, self.epoch = frames, labels, pre, eps, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, i: int):
+        rng = np.random.default_rng((self.seed, self.epoch, i))
+        img = self.frames[i]
+        strong = degrade(img, "blur", self.eps, rng)
+        views = [preprocess_frame(v, self.pre) for v in (img, weak_view(img, rng), strong)]
+        return (*[torch.from_numpy(v) for v in views], torch.tensor(self.labels[i]))
+
+
+def crl_loss(
+    pred: torch.Tensor, weak: torch.Tensor, strong: torch.Tensor, pseudo: torch.Tensor, cfg: TrainConfig
+) -> tuple[torch.Tensor, dict[str, float]]:
+    mse = F.mse_loss(pred, pseudo)
+    cons = F.mse_loss(weak, pred)
+    rel = torch.clamp(strong - pred + cfg.strong_blur_epsilon, min=0).mean()
+    loss = cfg.alpha * mse + cfg.theta * cons + cfg.beta * rel
+    return loss, {"mse": mse.item(), "consistency": cons.item(), "relativity": rel.item()}
+
+
+def train_crl(cfg: TrainConfig) -> tuple[USQNet, dict[str, Any]]:
+    device = pick_device(cfg.device)
+    dd = init_distributed(device)
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.out)
+    if dd.main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+    if not cfg.references:
+        raise ValueError("CRL-UIQA needs 'references': a CSV/folder/manifest of high-quality reference planes")
+    encoder = load_checkpoint(cfg.init_checkpoint or None).model
+    model = build_from_config(cfg).to(device)
+    pre = PreprocessConfig(input_size=model.config.input_size)
+    epre = PreprocessConfig(input_size=encoder.config.input_size)
+    parts = split_items(cfg, load_items(cfg), out if dd.main else None)
+    train_frames = frames_of(parts["train"])
+    ref_emb = embed(encoder, frames_of(load_any(cfg.references)), epre)
+    raw, labels = pseudo_labels(embed(encoder, train_frames, epre), ref_emb, cfg.top_k)
+    ds = CRLDataset(train_frames, labels, pre, cfg.strong_blur_epsilon, cfg.seed)
+    sampler = DistributedSampler(ds, dd.world, dd.rank, shuffle=True, seed=cfg.seed, drop_last=True)
+    loader = DataLoader(ds, max(1, min(cfg.batch_size, len(sampler))), sampler=sampler, drop_last=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ddp_model: torch.nn.Module = DistributedDataParallel(model) if dd.world > 1 else model
+    history = []
+    t0 = time.monotonic()
+    for epoch in range(cfg.epochs):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(cfg, epoch)
+        sampler.set_epoch(epoch)
+        ds.set_epoch(epoch)
+        ddp_model.train()
+        sums: dict[str, float] = {}
+        n = 0
+        steps = len(loader) if cfg.max_steps_per_epoch <= 0 else min(len(loader), cfg.max_steps_per_epoch)
+        bar = tqdm(loader, total=steps, desc=f"crl {epoch}", disable=not (cfg.progress and dd.main), leave=False)
+        for step, (x, xw, xs, s) in enumerate(bar):
+            if step >= steps:
+                break
+            b = x.shape[0]
+            views = torch.cat([x, xw, xs]).to(device).expand(-1, 3, -1, -1)
+            _, score = expected_score(ddp_model(views))  # one forward for all views: DDP-friendly
+            loss, parts_ = crl_loss(score[:b], score[b : 2 * b], score[2 * b :], s.to(device), cfg)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            for k, v in {"loss": loss.item(), **parts_}.items():
+                sums[k] = sums.get(k, 0.0) + v * b
+            n += b
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        history.append(
+            {"epoch": epoch, **{k: v / max(n, 1) for k, v in sums.items()}, "elapsed_s": time.monotonic() - t0}
+        )
+    summary: dict[str, Any] = {
+        "history": history,
+        "pseudo_label_raw_range": [float(raw.min()), float(raw.max())],
+        "n_train": len(train_frames),
+        "world_size": dd.world,
+        "config": cfg.to_dict(),
+    }
+    if dd.main:
+        if parts["val"]:
+            vf = frames_of(parts["val"])
+            vraw, _ = pseudo_labels(embed(encoder, vf, epre), ref_emb, cfg.top_k)
+            model.eval()
+            with torch.inference_mode():
+                vscore = expected_score(model(to_batch([preprocess_frame(f, pre) for f in vf]).to(device)))[1]
+            summary["val_srocc_vs_pseudo"] = metrics.srocc(vraw, vscore.cpu().numpy())
+        save_model(out / "last.safetensors", model, cfg, {"method": "CRL-UIQA", "epochs": len(history)})
+        (out / "metrics.json").write_text(json.dumps(summary, indent=1, default=float))
+        plot_curves(history, out / "curve.png", ["loss", "mse", "consistency", "relativity"])
+    return unwrap(ddp_model), summary
