@@ -84,3 +84,28 @@ def test_splits_grouped_kfold_saved(tmp_path: Path) -> None:
     assert load_split(save_split(tmp_path / "s.json", split, seed=3)) == split
     folds = kfold_splits(keys, groups, k=5)
     assert sorted(sum((f["val"] for f in folds), [])) == sorted(keys)
+
+
+def test_synthetic_set_written_and_loadable(tmp_path: Path) -> None:
+    from usiqa_ros.core.data.synthetic import (
+        SyntheticConfig,
+        SyntheticGradedDataset,
+        load_gray,
+        write_synthetic_dataset,
+    )
+
+    sample = Path(__file__).resolve().parents[1] / "usiqa_ros" / "sample_frames"
+    sources = [(sample / "frame_0000.png", "a"), (sample / "frame_0010.png", "b")]
+    csv_path = write_synthetic_dataset(sources, tmp_path / "syn", per_frame=5, seed=1)
+    items = load_csv(csv_path)
+    assert [it.grade for it in items] == [5, 4, 3, 2, 1] * 2
+    assert [it.group for it in items] == ["a"] * 5 + ["b"] * 5
+    clean = load_gray(items[0].path)
+    worst = load_gray(items[4].path)
+    assert np.abs(clean - worst).mean() > 0.01
+    ds = SyntheticGradedDataset(
+        [clean], PreprocessConfig(input_size=32), SyntheticConfig(samples_per_epoch=10, work_size=64)
+    )
+    assert sorted(ds[i][1] for i in range(10)) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    with pytest.raises(ValueError):
+        write_synthetic_dataset([], tmp_path / "none")

@@ -148,6 +148,8 @@ def write_synthetic_dataset(
     `sources` = (image path, group). Each source gives its clean copy (grade 5) and `per_frame - 1` degraded
     copies with grades cycling 4..1 and degradation kinds cycling over `kinds`. Returns the CSV path.
     """
+    if not sources:
+        raise ValueError("write_synthetic_dataset needs at least one source image")
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     kinds = list(kinds or sorted(DEGRADATIONS))

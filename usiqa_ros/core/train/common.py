@@ -69,6 +69,8 @@ def split_items(cfg: TrainConfig, items: list[GradedItem], out: Path | None) -> 
         keys = [str(it.path) for it in items]
     if cfg.split:
         split = load_split(cfg.split)
+        if out is not None:
+            save_split(out / "split.json", split, method="given", source=cfg.split)
     else:
         strata = [it.grade or 0 for it in items]
         split = grouped_split(keys, [it.group for it in items], cfg.split_fractions, cfg.seed, strata)
