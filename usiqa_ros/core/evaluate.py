@@ -162,7 +162,7 @@ def _summary(result: dict[str, Any], mode: str, header: str) -> str:
             lines.append(f"| {n} | {b['srocc']:.3f} | {b['pairwise_accuracy_all_pairs']:.3f} |")
     lines += [
         "",
-        f"Weak-view consistency (mean |score change| under flip/rotation): {result['weak_view_consistency']:.4f}",
+        f"Weak-view consistency (mean |score change| under flip/rotation): {result['weak_view_consistency']:.4g}",
     ]
     return "\n".join(lines) + "\n"
 
