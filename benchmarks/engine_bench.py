@@ -50,11 +50,18 @@ def build(model_path: Path, variant: str, **extra) -> tuple[Engine | None, dict]
 
 
 def probabilities(engine: Engine, pre: list[np.ndarray], batch: int = 8) -> np.ndarray:
-    out = []
-    for i in range(0, len(pre), batch):
-        probs, _ = engine.forward(to_batch(pre[i : i + batch]))
-        out.append(probs.numpy())
-    return np.concatenate(out)
+    """Probabilities of all frames. One torch thread: the result does not depend on it, and on a loaded
+    machine two OpenMP threads are many times slower (see threads_probe); timing restores the default."""
+    default = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = []
+        for i in range(0, len(pre), batch):
+            probs, _ = engine.forward(to_batch(pre[i : i + batch]))
+            out.append(probs.numpy())
+        return np.concatenate(out)
+    finally:
+        torch.set_num_threads(default)
 
 
 def accuracy(ref: np.ndarray, probs: np.ndarray) -> dict:
@@ -103,7 +110,7 @@ def bench_model(
     if extra_accuracy_path is not None:  # the bundled checkpoint as shipped, fp32 backends the node may pick
         ref2 = None
         for v in variants:
-            if v not in ("eager_fp32_nchw", "torchscript", "onnxruntime") or v not in engines:
+            if v not in ("eager_fp32_nchw", "onnxruntime") or v not in engines:
                 continue
             engine, _ = build(extra_accuracy_path, v)
             if engine is None:
@@ -114,7 +121,7 @@ def bench_model(
             del engine
     for b in batches:
         x = to_batch((pre * ((b // len(pre)) + 1))[:b])
-        n_rounds, n_per = (rounds, per_round) if b == 1 else (max(2, rounds // 2), max(1, per_round // 4))
+        n_rounds, n_per = (rounds, per_round) if b == 1 else (max(1, rounds // 3), 1)
         times = interleaved({v: _forward(e, x) for v, e in engines.items()}, n_rounds, n_per, warmup=1)
         ref_med = float(np.median(times[REFERENCE]))
         for v, t in times.items():
