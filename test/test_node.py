@@ -188,3 +188,34 @@ def test_bad_checkpoint_fails_configure_with_clear_message(ros, bad_path):
         assert node.engine is None
     finally:
         node.destroy_node()
+
+
+def test_degraded_copies_score_lower_through_the_node(ros, real_us):
+    """The bundled model, through the node: a heavily degraded copy of a real frame (held-out groups of the
+    model's split) scores lower than the original on most frames."""
+    from usiqa_ros.core.checkpoint import DEFAULT_CHECKPOINT
+    from usiqa_ros.core.data.degrade import degrade
+    from usiqa_ros.core.data.splits import load_split
+    from usiqa_ros.core.data.synthetic import heavy_severity
+
+    test_files = load_split(DEFAULT_CHECKPOINT.with_name("usqnet_lite_default.split.json"))["test"][:12]
+    rng = np.random.default_rng(7)
+    ns = "degraded"
+    with running_iqa_node("iqa_degraded", **_node_params(ns)):
+        probe = Probe(ns)
+        spin = Spinner(probe)
+        try:
+            _connect(probe, ns)
+            wins = total = 0
+            for i, name in enumerate(test_files):
+                gray = cv2.imread(str(real_us / name), cv2.IMREAD_GRAYSCALE)
+                kind = ("blur", "shadow", "contact_loss", "speckle_noise")[i % 4]
+                bad = degrade(gray.astype(np.float32) / 255, kind, heavy_severity(), rng)
+                clean_score = _publish_and_wait(probe, image_msg(gray, 2 * i + 1, frame_id="clean"), 1).score
+                bad_score = _publish_and_wait(probe, image_msg((bad * 255).round().astype(np.uint8), 2 * i + 2), 1).score
+                wins += clean_score > bad_score
+                total += 1
+            assert wins / total >= 0.8, f"clean beat degraded on {wins}/{total} frames"
+        finally:
+            spin.stop()
+            probe.destroy_node()
