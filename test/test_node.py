@@ -212,7 +212,9 @@ def test_degraded_copies_score_lower_through_the_node(ros, real_us):
                 kind = ("blur", "shadow", "contact_loss", "speckle_noise")[i % 4]
                 bad = degrade(gray.astype(np.float32) / 255, kind, heavy_severity(), rng)
                 clean_score = _publish_and_wait(probe, image_msg(gray, 2 * i + 1, frame_id="clean"), 1).score
-                bad_score = _publish_and_wait(probe, image_msg((bad * 255).round().astype(np.uint8), 2 * i + 2), 1).score
+                bad_score = _publish_and_wait(
+                    probe, image_msg((bad * 255).round().astype(np.uint8), 2 * i + 2), 1
+                ).score
                 wins += clean_score > bad_score
                 total += 1
             assert wins / total >= 0.8, f"clean beat degraded on {wins}/{total} frames"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +20,7 @@ from safetensors.torch import save_file
 
 from usiqa_ros import __version__
 from usiqa_ros.core.model import USQNet, USQNetConfig
+from usiqa_ros.core.safe_io import atomic_write_with
 
 FORMAT = "usiqa-checkpoint"
 FORMAT_VERSION = 1
@@ -64,19 +64,6 @@ def sha256_of(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-def atomic_write_bytes(path: Path, write: Any) -> None:
-    """Call write(tmp_path) then rename over `path`, so a crash never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(
     path: str | os.PathLike[str],
     model: USQNet,
@@ -104,7 +91,7 @@ def save_checkpoint(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         **(extra or {}),
     }
-    atomic_write_bytes(path, lambda tmp: save_file(state, tmp, metadata={METADATA_KEY: json.dumps(meta)}))
+    atomic_write_with(path, lambda tmp: save_file(state, tmp, metadata={METADATA_KEY: json.dumps(meta)}))
     return path
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -79,24 +79,48 @@ def check_input_file(path: str | os.PathLike[str], *, suffixes: tuple[str, ...] 
     return p
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def _temp_beside(path: str | os.PathLike[str]) -> Iterator[tuple[int, str, Path]]:
+    """A temp file in the destination directory (same file system, so the final rename is atomic), with the
+    permissions a plain open() would give; deleted again if the body raises."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600
+        yield fd, tmp, p
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 @contextmanager
 def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kw: object) -> Iterator[IO]:
     """Open a temp file next to `path`; on a clean exit fsync and rename it over `path`, on an exception delete
     it (the target keeps its previous content or stays absent)."""
     if mode not in ("w", "wb"):
         raise ValueError("atomic_open supports modes 'w' and 'wb'")
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
+    with _temp_beside(path) as (fd, tmp, p):
         with os.fdopen(fd, mode, **kw) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+
+def atomic_write_with(path: str | os.PathLike[str], write: Callable[[str], object]) -> Path:
+    """For writers that want a file name (safetensors' save_file): write(tmp_path), then rename over `path`."""
+    with _temp_beside(path) as (fd, tmp, p):
+        os.close(fd)
+        write(tmp)
+        os.replace(tmp, p)
+    return p
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:

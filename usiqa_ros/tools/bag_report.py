@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from usiqa_ros.core.safe_io import atomic_open
 from usiqa_ros.tools import bagio
 from usiqa_ros.tools.bag_eval import BagScores, FrameResult
 
@@ -321,7 +322,7 @@ def timeline_png(s: BagScores, path: Path, labels: dict[int, int] | None, binary
     if thumbs:
         fig.text(0.06, 0.325, "worst moments", color="#b00000", fontsize=9)
         fig.text(0.06 + 0.86 * len(s.worst) / n, 0.325, "best moments", color="#006000", fontsize=9)
-    with bagio.atomic_file(path, "wb") as f:
+    with atomic_open(path, "wb") as f:
         fig.savefig(f, format="png")
     plt.close(fig)
 
@@ -410,7 +411,7 @@ def write_reports(
             label_info["metrics"] = {k: _finite(v) for k, v in m.items()}
             if labels.binary:
                 label_info["good_grade"] = good_grade
-    with bagio.atomic_file(out / "frames.csv", "w", newline="") as f:
+    with atomic_open(out / "frames.csv", "w", newline="") as f:
         f.write(frames_csv(s, joined))
     timeline_png(s, out / "timeline.png", joined, labels.binary if labels else False)
     if scores_bag is not None:
@@ -422,9 +423,9 @@ def write_reports(
         "summary_md": "summary.md",
         "scores_bag": str(scores_bag) if scores_bag is not None else None,
     }
-    with bagio.atomic_file(out / "summary.md", "w") as f:
+    with atomic_open(out / "summary.md", "w") as f:
         f.write(summary_markdown(summary))
-    with bagio.atomic_file(out / "summary.json", "w") as f:
+    with atomic_open(out / "summary.json", "w") as f:
         json.dump(summary, f, indent=2, default=_json_default)
         f.write("\n")
     return summary

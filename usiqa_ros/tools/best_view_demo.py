@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -26,7 +25,7 @@ from usiqa_msgs.msg import QualityScore
 
 from usiqa_ros.ros.best_view import OUTCOME_NAMES
 from usiqa_ros.ros.best_view_client import BestViewClient, format_feedback, format_result
-from usiqa_ros.tools.demo import default_params_file
+from usiqa_ros.tools.demo import default_params_file, stop_process
 from usiqa_ros.tools.probe_sim import pose_to_probe
 
 
@@ -65,16 +64,6 @@ def _pose_text(ps: PoseStamped | None) -> str:
         return "pose not recorded"
     p = pose_to_probe(ps.pose)
     return f"x {p.x:+6.1f} mm  y {p.y:+6.1f} mm  lift {p.lift:4.1f} mm  tilt {p.tilt:+5.1f} deg"
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         rec.destroy_node()
         rclpy.try_shutdown()
         for p in procs:
-            _stop(p)
+            stop_process(p)
     return code
 
 

@@ -31,7 +31,8 @@ def default_params_file() -> Path:
     return Path(get_package_share_directory("usiqa_ros")) / "config" / "iqa.yaml"
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def stop_process(proc: subprocess.Popen) -> None:
+    """SIGINT (a clean ROS shutdown), then kill after 10 s."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
         try:
@@ -85,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        _stop(pub_proc)
-        _stop(node_proc)
+        stop_process(pub_proc)
+        stop_process(node_proc)
         scores = printer.scores
         printer.destroy_node()
         rclpy.try_shutdown()

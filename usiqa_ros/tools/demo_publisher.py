@@ -10,13 +10,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image
 
 from usiqa_ros.ros.convert import array_to_image
+from usiqa_ros.ros.spin import spin_node
 
 SAMPLE_FRAMES = Path(__file__).resolve().parent.parent / "sample_frames"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
@@ -81,15 +80,7 @@ class DemoPublisher(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
-    node = DemoPublisher()
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    spin_node(DemoPublisher, args)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from usiqa_ros.core.safe_io import atomic_open
 from usiqa_ros.tools import bagio
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
@@ -153,7 +154,7 @@ def phantom_frames(n: int, fps: float, period: float = 12.0) -> tuple[list[np.nd
 
 def write_labels(path: str | Path, stamps_ns: Sequence[int], qualities: Sequence[float]) -> None:
     """Labels CSV for usiqa-eval-bag: stamp (s), grade = 1 + round(4 * quality), quality."""
-    with bagio.atomic_file(path, "w") as f:
+    with atomic_open(path, "w") as f:
         f.write("stamp,grade,quality\n")
         for ns, q in zip(stamps_ns, qualities, strict=True):
             f.write(f"{ns // 1_000_000_000}.{ns % 1_000_000_000:09d},{1 + round(4 * q)},{q:.4f}\n")

@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import math
 
-import rclpy
 from geometry_msgs.msg import Pose, PoseStamped
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 from usiqa_msgs.msg import QualityScore
 
 from usiqa_ros.ros.convert import array_to_image
+from usiqa_ros.ros.spin import spin_node
 from usiqa_ros.tools.phantom import Phantom, PhantomConfig, ProbePose, sweep_pose
 
 GROUND_TRUTH_MODEL_ID = "probe_sim ground truth"
@@ -130,15 +129,7 @@ class ProbeSim(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
-    node = ProbeSim()
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    spin_node(ProbeSim, args)
 
 
 if __name__ == "__main__":

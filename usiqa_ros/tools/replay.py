@@ -31,6 +31,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CompressedImage, Image
 from usiqa_msgs.msg import QualityScore
 
+from usiqa_ros.core.safe_io import atomic_open
 from usiqa_ros.tools import bagio
 from usiqa_ros.tools.bagio import BagError
 
@@ -220,7 +221,7 @@ def write_outputs(
         for s in sorted(res.scores.values(), key=lambda s: s.wall_ns):
             w.write(conn, s.wall_ns, s.raw)
         w.set_custom_data("usiqa.replay", json.dumps({"rate": res.rate, "topic": res.topic}))
-    with bagio.atomic_file(out / "latency.csv", "w") as f:
+    with atomic_open(out / "latency.csv", "w") as f:
         f.write("publish_index,stamp_ns,scored,latency_ms,node_latency_ms,frames_skipped\n")
         for i, k in enumerate(res.order):
             s = res.scores.get(k)
@@ -229,7 +230,7 @@ def write_outputs(
             else:
                 e2e = (s.recv_ns - res.publish_ns[k]) / 1e6
                 f.write(f"{i},{k},1,{e2e:.3f},{s.node_latency_ns / 1e6:.3f},{s.frames_skipped}\n")
-    with bagio.atomic_file(out / "replay.json", "w") as f:
+    with atomic_open(out / "replay.json", "w") as f:
         json.dump(rep | {"scores_bag": str(bag)}, f, indent=2)
         f.write("\n")
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from usiqa_msgs.msg import QualityScore
+
+from usiqa_ros.ros.spin import spin_node
 
 GRADE_NAMES = {0: "unknown", 1: "poor", 2: "fair", 3: "good", 4: "very good", 5: "excellent"}
 
@@ -34,15 +34,7 @@ class ScorePrinter(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
-    node = ScorePrinter()
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    spin_node(ScorePrinter, args)
 
 
 if __name__ == "__main__":

@@ -15,12 +15,13 @@ import torch.distributed as dist
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from usiqa_ros.core.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from usiqa_ros.core.checkpoint import load_checkpoint, save_checkpoint
 from usiqa_ros.core.data.datasets import GradedItem, load_any, read_image
 from usiqa_ros.core.data.splits import grouped_split, load_split, save_split
 from usiqa_ros.core.model import USQNet, build_model
 from usiqa_ros.core.model.usqnet import PRESETS, USQNetConfig
-from usiqa_ros.core.train.config import TrainConfig
+from usiqa_ros.core.safe_io import atomic_write_with
+from usiqa_ros.core.train.config import TrainConfig, save_config
 
 
 @dataclass
@@ -50,6 +51,18 @@ def pick_device(name: str) -> torch.device:
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         return torch.device("cpu")
     return torch.device(name)
+
+
+def start_run(cfg: TrainConfig) -> tuple[torch.device, Dist, Path]:
+    """Device, process group and seed for a run; rank 0 creates the run directory with its config.yaml."""
+    device = pick_device(cfg.device)
+    dd = init_distributed(device)
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.out)
+    if dd.main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+    return device, dd, out
 
 
 def build_from_config(cfg: TrainConfig) -> USQNet:
@@ -112,7 +125,7 @@ def save_optimizer(path: Path, opt: torch.optim.Optimizer, state: dict[str, Any]
             t = v if torch.is_tensor(v) else torch.tensor(v)
             tensors[f"{idx}.{name}"] = t.detach().cpu().contiguous()
     meta = {"param_groups": json.dumps(sd["param_groups"]), "run": json.dumps(state)}
-    atomic_write_bytes(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    atomic_write_with(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def load_optimizer(path: Path, opt: torch.optim.Optimizer) -> dict[str, Any]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,16 +36,15 @@ from usiqa_ros.core.preprocess import PreprocessConfig, preprocess_frame, to_bat
 from usiqa_ros.core.train.common import (
     build_from_config,
     frames_of,
-    init_distributed,
     load_items,
     lr_at,
-    pick_device,
     plot_curves,
     save_model,
     split_items,
+    start_run,
     unwrap,
 )
-from usiqa_ros.core.train.config import TrainConfig, save_config
+from usiqa_ros.core.train.config import TrainConfig
 
 
 def pseudo_labels(embeddings: np.ndarray, references: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -103,13 +101,7 @@ def crl_loss(
 
 
 def train_crl(cfg: TrainConfig) -> tuple[USQNet, dict[str, Any]]:
-    device = pick_device(cfg.device)
-    dd = init_distributed(device)
-    torch.manual_seed(cfg.seed)
-    out = Path(cfg.out)
-    if dd.main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
+    device, dd, out = start_run(cfg)
     if not cfg.references:
         raise ValueError("CRL-UIQA needs 'references': a CSV/folder/manifest of high-quality reference planes")
     encoder = load_checkpoint(cfg.init_checkpoint or None).model

@@ -31,18 +31,17 @@ from usiqa_ros.core.preprocess import PreprocessConfig
 from usiqa_ros.core.train.common import (
     build_from_config,
     frames_of,
-    init_distributed,
     load_items,
     load_optimizer,
     lr_at,
-    pick_device,
     plot_curves,
     save_model,
     save_optimizer,
     split_items,
+    start_run,
     unwrap,
 )
-from usiqa_ros.core.train.config import TrainConfig, save_config
+from usiqa_ros.core.train.config import TrainConfig
 
 
 class BalancedSampler(Sampler[int]):
@@ -126,13 +125,7 @@ def val_report(logits: np.ndarray, y: np.ndarray) -> dict[str, Any]:
 
 def train_supervised(cfg: TrainConfig) -> tuple[USQNet, dict[str, Any]]:
     """Train per `cfg`; returns the final model (best weights on rank 0's files) and the summary dict."""
-    device = pick_device(cfg.device)
-    dd = init_distributed(device)
-    torch.manual_seed(cfg.seed)
-    out = Path(cfg.out)
-    if dd.main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
+    device, dd, out = start_run(cfg)
     model = build_from_config(cfg).to(device)
     train_ds, val_ds, sizes = make_datasets(cfg, model, out if dd.main else None)
     if cfg.balanced_sampling and isinstance(train_ds, GradedImageDataset):

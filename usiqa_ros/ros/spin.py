@@ -1,0 +1,22 @@
+"""The one way our small command-line nodes run: init, build, spin until Ctrl-C or shutdown, clean up."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import rclpy
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+
+
+def spin_node(make_node: Callable[[], Node], args: list[str] | None = None) -> None:
+    """rclpy.init(args), make_node(), spin; Ctrl-C and external shutdown end it quietly."""
+    rclpy.init(args=args)
+    node = make_node()
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
