@@ -425,7 +425,13 @@ class IqaNode(LifecycleNode):
         pub = self._pub
         if pub is None:
             return
-        pub.publish(out)
+        try:
+            pub.publish(out)
+        except Exception as e:  # noqa: BLE001 - the worker must survive; see below
+            if not self.context.ok():
+                return  # Ctrl-C: rclpy shut the context down before the worker stopped
+            self._reject("publish_error", f"{type(e).__name__}: {e}")
+            return
         with self._lock:
             self.stats.scored += 1
             self.stats.consecutive_failures = 0
