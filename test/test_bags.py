@@ -177,14 +177,12 @@ def test_ros1_bag_is_read_too(frames, engine, raw_scores, tmp_path):
 
 def test_degraded_frames_score_lower_than_their_neighbours(frames, engine, tmp_path):
     """Injected heavy degradations (the kinds of core.data.degrade) score below both neighbouring clean frames
-    on most degraded frames. Needs the trained bundled model: the untrained placeholder scores all alike."""
+    on most degraded frames (the bundled trained model)."""
     kinds = {3: "blur", 7: "depth_attenuation", 11: "contact_loss", 15: "blur", 19: "gain", 22: "depth_attenuation"}
     made = make_bag.write_image_bag(tmp_path / "d", frames, 25.0, degrade=kinds, severity=0.9, seed=1)
     assert made.degraded == sorted(kinds)
     meta = yaml.safe_load((made.path / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
     assert json.loads(meta["custom_data"]["usiqa.degraded"]) == {str(k): v for k, v in kinds.items()}
-    if "UNTRAINED" in str(engine.checkpoint.metadata.get("training", {}).get("note", "")).upper():
-        pytest.skip("bundled checkpoint is the UNTRAINED placeholder: it cannot tell degraded frames yet")
     s = bag_eval.score_bag(made.path, engine, batch=8, progress=False)
     sc = [f.score for f in s.frames]
     lower = [i for i in kinds if sc[i] < min(sc[i - 1], sc[i + 1])]

@@ -182,10 +182,6 @@ def sim_sweep() -> tuple[list[np.ndarray], set[int], list[float]]:
     return [r.image for r in rendered], bad, [r.quality for r in rendered]
 
 
-def untrained(node) -> bool:
-    return "UNTRAINED" in str(node.engine.checkpoint.metadata.get("training", {}).get("note", "")).upper()
-
-
 def best_of(peer: Peer, stamps: list[int]) -> tuple[float, int]:
     """Max published score among `stamps` and the earliest stamp holding it (the server keeps the first)."""
     scores = [peer.scores[s].score for s in stamps]
@@ -376,8 +372,6 @@ def test_best_is_max_of_published_scores_on_real_clip(clip_sweep_run):
 
 def test_best_is_never_a_degraded_real_frame(clip_sweep_run):
     run = clip_sweep_run
-    if untrained(run["node"]):
-        pytest.skip("bundled checkpoint is the UNTRAINED placeholder: it cannot rank frames yet")
     i = run["stamps"].index(stamp_ns(run["result"].best.header))
     assert i not in run["bad"], f"best frame {i} is a degraded one ({sorted(run['bad'])})"
 
@@ -395,8 +389,6 @@ def test_best_on_simulated_sweep_compressed_input(main_node):
     i = stamps.index(best_stamp)
     assert result.best_image.encoding == "mono8"
     assert np.array_equal(image_to_array(result.best_image), frames[i])  # PNG is lossless
-    if untrained(node):
-        pytest.skip("UNTRAINED placeholder checkpoint: 'never a degraded view' not checkable yet")
     assert i not in bad, f"best is degraded pose {i} (true quality {truth[i]:.2f})"
 
 
