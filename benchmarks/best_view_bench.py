@@ -21,18 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import stats_ms
+
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def stats_ms(seconds: list[float]) -> dict:
-    a = np.asarray(seconds, dtype=np.float64) * 1e3
-    return {
-        "n": int(a.size),
-        "median": round(float(np.median(a)), 3),
-        "p95": round(float(np.percentile(a, 95)), 3),
-        "p99": round(float(np.percentile(a, 99)), 3),
-        "min": round(float(a.min()), 3),
-    }
 
 
 def load_average() -> list[float]:
