@@ -74,38 +74,51 @@ def precision_of(amp: bool, device: torch.device) -> str:
     return ("fp16" if device.type == "cuda" else "bf16") if amp else "fp32"
 
 
-class EagerBackend(Backend):
+class _TorchBackend(Backend):
+    """What the PyTorch backends share: device, memory format and autocast of the engine's options."""
+
+    def __init__(self, opts: BackendOptions) -> None:
+        self.device = opts.device
+        self.memory_format = torch.channels_last if opts.channels_last else torch.contiguous_format
+        self.amp = opts.amp
+        self.precision = precision_of(opts.amp, opts.device)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if not self.amp:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=amp_dtype(self.device))
+
+    def _input(self, batch: torch.Tensor) -> torch.Tensor:
+        return batch.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+
+    def _run(self, module: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor) -> torch.Tensor:
+        """module(batch) in inference mode; fp32 logits out under autocast."""
+        with torch.inference_mode(), self._autocast():
+            out = module(self._input(batch))
+        return out.float() if self.amp else out
+
+
+class EagerBackend(_TorchBackend):
     """The module itself, in inference mode. The reference every other backend is checked against."""
 
     name = "eager"
 
     def __init__(self, model: nn.Module, opts: BackendOptions) -> None:
+        super().__init__(opts)
         self.model = model
-        self.device = opts.device
-        self.memory_format = torch.channels_last if opts.channels_last else torch.contiguous_format
-        self.amp = opts.amp
-        self.precision = precision_of(opts.amp, opts.device)
         self.model.to(memory_format=self.memory_format)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        x = batch.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-        with torch.inference_mode():
-            if self.amp:
-                with torch.autocast(device_type=self.device.type, dtype=amp_dtype(self.device)):
-                    return self.model(x).float()
-            return self.model(x)
+        return self._run(self.model, batch)
 
 
-class TorchScriptBackend(Backend):
+class TorchScriptBackend(_TorchBackend):
     """Trace -> freeze -> optimize_for_inference. Fixed input size; other sizes go to the eager model."""
 
     name = "torchscript"
 
     def __init__(self, model: nn.Module, opts: BackendOptions) -> None:
-        self.device = opts.device
-        self.memory_format = torch.channels_last if opts.channels_last else torch.contiguous_format
-        self.amp = opts.amp
-        self.precision = precision_of(opts.amp, opts.device)
+        super().__init__(opts)
         s = opts.input_size
         example = torch.zeros(1, 3, s, s, device=self.device).contiguous(memory_format=self.memory_format)
         try:
@@ -117,27 +130,18 @@ class TorchScriptBackend(Backend):
         except Exception as e:  # noqa: BLE001 - any tracing/freezing failure means "use another backend"
             raise BackendUnavailable(f"TorchScript tracing failed: {type(e).__name__}: {e}") from None
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if not self.amp:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=amp_dtype(self.device))
-
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        x = batch.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         with torch.no_grad(), self._autocast():
-            return self.module(x).float()
+            return self.module(self._input(batch)).float()
 
 
-class CompileBackend(Backend):
+class CompileBackend(_TorchBackend):
     """torch.compile (inductor). The compilation happens in the engine's warm-up, not on the first frame."""
 
     name = "compile"
 
     def __init__(self, model: nn.Module, opts: BackendOptions) -> None:
-        self.device = opts.device
-        self.memory_format = torch.channels_last if opts.channels_last else torch.contiguous_format
-        self.amp = opts.amp
-        self.precision = precision_of(opts.amp, opts.device)
+        super().__init__(opts)
         if not hasattr(torch, "compile"):
             raise BackendUnavailable("this torch has no torch.compile")
         model = model.to(memory_format=self.memory_format)
@@ -150,12 +154,7 @@ class CompileBackend(Backend):
             raise BackendUnavailable(f"torch.compile failed: {type(e).__name__}: {str(e)[:300]}") from None
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        x = batch.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-        with torch.inference_mode():
-            if self.amp:
-                with torch.autocast(device_type=self.device.type, dtype=amp_dtype(self.device)):
-                    return self.module(x).float()
-            return self.module(x)
+        return self._run(self.module, batch)
 
 
 def ort_providers(device: torch.device, available: list[str], fp16: bool) -> list:
