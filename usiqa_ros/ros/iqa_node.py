@@ -181,17 +181,18 @@ class IqaNode(LifecycleNode):
                 return SetParametersResult(successful=False, reason="qos_depth must be >= 1")
             if prm.name == "crop" and prm.value not in ("none", "auto", "roi"):
                 return SetParametersResult(successful=False, reason="crop must be none, auto or roi")
-            if prm.name == "roi" and (len(prm.value) != 4 or prm.value[2] <= 0 and prm.value[3] <= 0 and crop == "roi"):
+            if prm.name == "roi" and len(prm.value) != 4:
                 return SetParametersResult(successful=False, reason="roi must be [x, y, w, h] with w, h > 0")
             if prm.name == "log_throttle_s" and prm.value < 0:
                 return SetParametersResult(successful=False, reason="log_throttle_s must be >= 0")
-        if self.engine is not None and (crop is not None or roi is not None):
-            cfg = self.engine.preprocess_config
-            new_crop = crop if crop is not None else cfg.crop
-            new_roi = tuple(roi) if roi is not None else cfg.roi
+        if crop is not None or roi is not None:
+            # The crop that results from this change (configured or not) must be usable.
+            new_crop = crop if crop is not None else self.param("crop")
+            new_roi = tuple(roi if roi is not None else self.param("roi"))
             if new_crop == "roi" and (new_roi[2] <= 0 or new_roi[3] <= 0):
                 return SetParametersResult(successful=False, reason="crop=roi needs roi [x, y, w, h] with w, h > 0")
-            cfg.crop, cfg.roi = new_crop, new_roi
+            if self.engine is not None:
+                self.engine.preprocess_config.crop, self.engine.preprocess_config.roi = new_crop, new_roi
         return SetParametersResult(successful=True)
 
     def param(self, name: str) -> Any:
