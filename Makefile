@@ -1,6 +1,6 @@
 # The README's two commands: `make demo` and `make test`. Both set up .venv first (idempotent, skipped when
 # nothing changed): ROS 2 Kilted wheels, torch, the interface package usiqa_msgs, usiqa_ros (editable).
-PY := .venv/bin/python
+PY := $(CURDIR)/.venv/bin/python
 
 .PHONY: setup demo demo-best-view test lint bench clean
 
@@ -8,14 +8,14 @@ setup:
 	@bash scripts/setup_env.sh
 
 demo: setup
-	$(PY) -m usiqa_ros.tools.demo
+	$(PY) -m usiqa_ros.nodes.demo
 
 demo-best-view: setup  # probe_sim sweeps, iqa_node scores, best_view_client searches; result vs ground truth
-	$(PY) -m usiqa_ros.tools.best_view_demo
+	$(PY) -m usiqa_ros.nodes.best_view_demo
 
 test: setup
 	$(PY) -m ruff check .
-	$(PY) -m pytest
+	cd usiqa_ros && $(PY) -m pytest  # from the package folder: pytest.ini and test/ live there
 
 bench: setup
 	$(PY) -m benchmarks.run

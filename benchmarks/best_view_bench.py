@@ -72,7 +72,7 @@ def bench_action(cancels: int, rate: float = 8.0, window: float = 4.0, rounds: i
     from sensor_msgs.msg import Image
     from usiqa_msgs.msg import QualityScore
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "test"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "usiqa_ros" / "test"))
     from ros_helpers import Spinner, image_msg, sample_frames
 
     from usiqa_ros.ros.best_view_client import BestViewClient

@@ -20,7 +20,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 REAL_US = Path(os.environ.get("USIQA_REAL_US", REPO.parent / "shared" / "data" / "real_us"))
-SAMPLE_FRAMES = REPO / "usiqa_ros" / "sample_frames"
+SAMPLE_FRAMES = REPO / "usiqa_ros" / "usiqa_ros" / "sample_frames"
 
 
 def cpu_model() -> str:

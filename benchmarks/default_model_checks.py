@@ -82,7 +82,7 @@ def main() -> None:
         "mean_trained": float(np.mean([v["trained"] for v in per_kind.values()])),
     }
 
-    clip = sorted((REPO / "usiqa_ros" / "sample_frames").glob("*.png"))
+    clip = sorted((REPO / "usiqa_ros" / "usiqa_ros" / "sample_frames").glob("*.png"))
     clip_scores = scores(engine, [cv2.imread(str(f), cv2.IMREAD_UNCHANGED) for f in clip])
     result["demo_clip"] = {
         "n": len(clip),

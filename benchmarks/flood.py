@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="flood")
     args = ap.parse_args(argv)
     frames = []
-    for f in sorted((REPO / "usiqa_ros" / "sample_frames").glob("*.png"))[:4]:
+    for f in sorted((REPO / "usiqa_ros" / "usiqa_ros" / "sample_frames").glob("*.png"))[:4]:
         gray = cv2.imread(str(f), cv2.IMREAD_GRAYSCALE)
         frames.append(cv2.cvtColor(cv2.resize(gray, (args.width, args.height)), cv2.COLOR_GRAY2RGB))
     rec = run_stream("flood", frames, "rgb8", args.fps, args.duration, sample_every_s=1.0)

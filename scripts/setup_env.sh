@@ -22,6 +22,8 @@ if [ ! -x "$VENV/bin/python" ]; then
   log "creating $VENV"
   "$PY" -m venv "$VENV"
 fi
+# The venv holds the ROS wheels' package.xml files: colcon must not crawl it when the clone sits in a workspace.
+touch "$VENV/COLCON_IGNORE"
 VPY=$VENV/bin/python
 
 h=$(hash_of "$ROOT"/requirements/*.txt)
@@ -49,12 +51,13 @@ PY
   mark pip "$h"
 fi
 
-h=$(hash_of "$ROOT"/msg/package.xml "$ROOT"/msg/CMakeLists.txt "$ROOT"/msg/msg/*.msg "$ROOT"/msg/action/*.action)
+MSGS=$ROOT/usiqa_msgs
+h=$(hash_of "$MSGS"/package.xml "$MSGS"/CMakeLists.txt "$MSGS"/msg/*.msg "$MSGS"/action/*.action "$MSGS"/srv/*.srv)
 if ! done_already msgs "$h"; then
   log "building usiqa_msgs into the venv prefix"
   B=$VENV/build/usiqa_msgs
   rm -rf "$B"; mkdir -p "$B"
-  if ! { cmake -S "$ROOT/msg" -B "$B" -DCMAKE_PREFIX_PATH="$VENV" -DCMAKE_INSTALL_PREFIX="$VENV" \
+  if ! { cmake -S "$MSGS" -B "$B" -DCMAKE_PREFIX_PATH="$VENV" -DCMAKE_INSTALL_PREFIX="$VENV" \
            -DPython3_EXECUTABLE="$VPY" -DBUILD_TESTING=OFF > "$B.configure.log" 2>&1 \
          && cmake --build "$B" -j"$(nproc)" > "$B.build.log" 2>&1 \
          && cmake --install "$B" > "$B.install.log" 2>&1; }; then
@@ -65,10 +68,13 @@ if ! done_already msgs "$h"; then
   mark msgs "$h"
 fi
 
-h=$(hash_of "$ROOT"/setup.py "$ROOT"/setup.cfg "$ROOT"/package.xml)
+PKG=$ROOT/usiqa_ros
+h=$(hash_of "$PKG"/setup.py "$PKG"/setup.cfg "$PKG"/package.xml)
 if ! done_already pkg "$h"; then
   log "installing usiqa_ros (editable)"
-  pip_q --no-deps --no-build-isolation -e "$ROOT"
+  # compat mode = a path entry: the repo root holds a usiqa_ros/ folder (the ROS package) that would otherwise
+  # shadow the Python package as a namespace package when Python runs from the root.
+  pip_q --no-deps --no-build-isolation --config-settings editable_mode=compat -e "$PKG"
   # ROS 2 puts console scripts in lib/usiqa_ros (for `ros2 run`); link them into bin/ for the pip-only path.
   for f in "$VENV"/lib/usiqa_ros/*; do [ -f "$f" ] && ln -sf "$f" "$VENV/bin/$(basename "$f")"; done
   mark pkg "$h"

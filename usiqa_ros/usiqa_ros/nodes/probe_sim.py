@@ -12,7 +12,7 @@ Pose convention (phantom frame, metres): position.x lateral, position.y elevatio
 position.z lift of the probe above the skin (0 = in contact; negative is clamped to 0), orientation = the
 in-plane tilt as a rotation about +y (other rotation components are ignored).
 
-    python -m usiqa_ros.tools.probe_sim --ros-args -p mode:=sweep -p rate:=15.0
+    python -m usiqa_ros.nodes.probe_sim --ros-args -p mode:=sweep -p rate:=15.0
 """
 
 from __future__ import annotations

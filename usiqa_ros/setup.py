@@ -28,15 +28,15 @@ setup(
         "console_scripts": [
             # ROS 2 nodes and clients
             "iqa_node = usiqa_ros.ros.iqa_node:main",
-            "demo_publisher = usiqa_ros.tools.demo_publisher:main",
-            "score_printer = usiqa_ros.tools.score_printer:main",
+            "demo_publisher = usiqa_ros.nodes.demo_publisher:main",
+            "score_printer = usiqa_ros.nodes.score_printer:main",
             "best_view_client = usiqa_ros.ros.best_view_client:main",
-            "probe_sim = usiqa_ros.tools.probe_sim:main",
+            "probe_sim = usiqa_ros.nodes.probe_sim:main",
             # ROS-free tools
             "usiqa-train = usiqa_ros.core.train.cli:main",
             "usiqa-eval = usiqa_ros.core.evaluate:main",
             "usiqa-eval-bag = usiqa_ros.tools.bag_eval:main",
-            "usiqa-replay = usiqa_ros.tools.replay:main",
+            "usiqa-replay = usiqa_ros.nodes.replay:main",
             "usiqa-make-bag = usiqa_ros.tools.make_bag:main",
         ],
     },

@@ -1,7 +1,7 @@
 """The one-command demo (pip-only path, no `ros2 launch` needed): starts iqa_node and demo_publisher as
 separate processes, prints every QualityScore as it arrives, and ends with a short summary.
 
-    python -m usiqa_ros.tools.demo [--duration 20] [--rate 15] [--frames-dir DIR] [--params-file YAML]
+    python -m usiqa_ros.nodes.demo [--duration 20] [--rate 15] [--frames-dir DIR] [--params-file YAML]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
 
-from usiqa_ros.tools.score_printer import ScorePrinter
+from usiqa_ros.nodes.score_printer import ScorePrinter
 
 
 def default_params_file() -> Path:
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 
     params = args.params_file or str(default_params_file())
     node_cmd = [sys.executable, "-m", "usiqa_ros.ros.iqa_node", "--ros-args", "--params-file", params]
-    pub_cmd = [sys.executable, "-m", "usiqa_ros.tools.demo_publisher", "--ros-args", "-p", f"rate:={args.rate}"]
+    pub_cmd = [sys.executable, "-m", "usiqa_ros.nodes.demo_publisher", "--ros-args", "-p", f"rate:={args.rate}"]
     if args.frames_dir:
         pub_cmd += ["-p", f"frames_dir:={args.frames_dir}"]
     print(f"[demo] starting: {' '.join(node_cmd[1:])}", flush=True)

@@ -414,7 +414,8 @@ class IqaNode(LifecycleNode):
     def _publish(self, pending: _Pending, result: FrameScore, frame: np.ndarray) -> None:
         out = QualityScore()
         out.header = pending.msg.header
-        out.score = float(result.score)
+        out.score = out.artifact_score = float(result.score)
+        out.view_score = float("nan")  # no reference views yet
         out.grade = int(result.grade)
         out.probabilities = result.probabilities.tolist()
         out.model_id = self.engine.model_id

@@ -1,7 +1,7 @@
 """Closed-loop best-view demo: probe_sim sweeps the phantom, iqa_node scores every frame, a BestViewClient
 asks for the best view over one sweep, and the result is printed next to the ground truth.
 
-    python -m usiqa_ros.tools.best_view_demo [--period 12] [--rate 15] [--target 0] [--save best.png]
+    python -m usiqa_ros.nodes.best_view_demo [--period 12] [--rate 15] [--target 0] [--save best.png]
 
 iqa_node and probe_sim run as separate processes (as on a robot); this process records the simulator's
 ground-truth side topics (probe_sim/true_quality, probe_sim/pose) and the node's scores, then matches the
@@ -23,10 +23,10 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from usiqa_msgs.msg import QualityScore
 
+from usiqa_ros.nodes.demo import default_params_file, stop_process
+from usiqa_ros.nodes.probe_sim import pose_to_probe
 from usiqa_ros.ros.best_view import OUTCOME_NAMES
 from usiqa_ros.ros.best_view_client import BestViewClient, format_feedback, format_result
-from usiqa_ros.tools.demo import default_params_file, stop_process
-from usiqa_ros.tools.probe_sim import pose_to_probe
 
 
 def _ns(stamp) -> int:
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
     params = args.params_file or str(default_params_file())
     node_cmd = [sys.executable, "-m", "usiqa_ros.ros.iqa_node", "--ros-args", "--params-file", params]
-    sim_cmd = [sys.executable, "-m", "usiqa_ros.tools.probe_sim", "--ros-args"]
+    sim_cmd = [sys.executable, "-m", "usiqa_ros.nodes.probe_sim", "--ros-args"]
     sim_cmd += ["-p", f"rate:={args.rate}", "-p", f"sweep_period_s:={args.period}"]
     print(f"[demo] starting iqa_node and probe_sim (sweep {args.period:g} s at {args.rate:g} Hz)", flush=True)
     procs = [subprocess.Popen(node_cmd, env=os.environ.copy()), subprocess.Popen(sim_cmd, env=os.environ.copy())]

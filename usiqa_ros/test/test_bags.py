@@ -373,7 +373,7 @@ def test_bag_tools_import_without_rclpy():
 def test_live_replay_accounts_for_every_frame(ros, raw_bag, tmp_path):
     from ros_helpers import Spinner, running_iqa_node
 
-    from usiqa_ros.tools import replay
+    from usiqa_ros.nodes import replay
 
     # reliable, with a history deep enough for the whole bag: no frame may be lost in transport
     params = dict(image_topic="/bagrp/image", quality_topic="/bagrp/quality", qos_reliability="reliable", qos_depth=50)

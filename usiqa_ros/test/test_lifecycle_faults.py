@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 
 from usiqa_ros.core.checkpoint import DEFAULT_CHECKPOINT
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FRAME = sample_frames(1)[0]
 ERROR = DiagnosticStatus.ERROR[0]
 OK = DiagnosticStatus.OK[0]

@@ -14,7 +14,8 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+PKG = Path(__file__).resolve().parents[1]  # the usiqa_ros ROS package
+REPO = PKG.parent  # the repository root
 REAL_US = Path(os.environ.get("USIQA_REAL_US", REPO.parent / "shared" / "data" / "real_us"))
 
 

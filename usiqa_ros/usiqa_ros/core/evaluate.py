@@ -30,7 +30,7 @@ from usiqa_ros.core.data.synthetic import heavy_severity, weak_view
 from usiqa_ros.core.model import USQNet, expected_score
 from usiqa_ros.core.preprocess import PreprocessConfig, preprocess_frame, to_batch
 
-REAL_US = Path(__file__).resolve().parents[3] / "shared" / "data" / "real_us"
+REAL_US = Path(__file__).resolve().parents[4] / "shared" / "data" / "real_us"
 
 
 @torch.inference_mode()

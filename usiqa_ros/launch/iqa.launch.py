@@ -6,13 +6,12 @@ Launch arguments override the YAML: image_topic (remapped onto the node's `image
 model_path, device, namespace, and best_view (enables the best-view action server).
 """
 
+from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
-
-from launch import LaunchDescription
 
 # Launch argument -> node parameter it sets (checked against the node by test/test_launch.py).
 PARAMETER_ARGUMENTS = {

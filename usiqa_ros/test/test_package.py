@@ -10,7 +10,8 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+PKG = Path(__file__).resolve().parents[1]
+REPO = PKG.parent
 
 
 def test_core_does_not_import_ros():
@@ -39,7 +40,7 @@ def _node_parameters(ros) -> dict:
 
 def test_config_yaml_matches_declared_parameters(ros):
     declared = _node_parameters(ros)
-    cfg = yaml.safe_load((REPO / "config" / "iqa.yaml").read_text())["/**"]["ros__parameters"]
+    cfg = yaml.safe_load((PKG / "config" / "iqa.yaml").read_text())["/**"]["ros__parameters"]
     unknown = set(cfg) - set(declared)
     assert not unknown, f"config/iqa.yaml sets undeclared parameters: {unknown}"
     for k, v in cfg.items():
@@ -47,7 +48,7 @@ def test_config_yaml_matches_declared_parameters(ros):
 
 
 def test_launch_file_compiles_and_arguments_match_node(ros):
-    src = (REPO / "launch" / "iqa.launch.py").read_text()
+    src = (PKG / "launch" / "iqa.launch.py").read_text()
     tree = ast.parse(src)
     compile(tree, "iqa.launch.py", "exec")
     names = set()
@@ -67,12 +68,12 @@ def test_launch_file_compiles_and_arguments_match_node(ros):
 def test_package_manifests_parse():
     from catkin_pkg.package import parse_package
 
-    pkg = parse_package(REPO / "package.xml")
-    msgs = parse_package(REPO / "msg" / "package.xml")
+    pkg = parse_package(PKG / "package.xml")
+    msgs = parse_package(REPO / "usiqa_msgs" / "package.xml")
     assert pkg.name == "usiqa_ros" and msgs.name == "usiqa_msgs"
     assert pkg.get_build_type() == "ament_python" and msgs.get_build_type() == "ament_cmake"
     assert "usiqa_msgs" in {d.name for d in pkg.exec_depends}
-    assert (REPO / "resource" / "usiqa_ros").exists()
+    assert (PKG / "resource" / "usiqa_ros").exists()
 
 
 def test_interfaces_are_generated():

@@ -47,8 +47,8 @@ class BagError(RuntimeError):
 
 # ------------------------------------------------------------------------------------------------ types
 def quality_msg_path() -> Path:
-    """QualityScore.msg: in the source tree (msg/msg/) or an installed prefix (share/usiqa_msgs/msg/)."""
-    candidates = [Path(__file__).resolve().parents[2] / "msg" / "msg" / "QualityScore.msg"]
+    """QualityScore.msg: in the source tree (usiqa_msgs/msg/) or an installed prefix (share/usiqa_msgs/msg/)."""
+    candidates = [Path(__file__).resolve().parents[3] / "usiqa_msgs" / "msg" / "QualityScore.msg"]
     prefixes = [p for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p] + [sys.prefix]
     candidates += [Path(p) / "share" / "usiqa_msgs" / "msg" / "QualityScore.msg" for p in prefixes]
     for c in candidates:
