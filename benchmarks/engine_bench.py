@@ -30,9 +30,6 @@ VARIANTS: dict[str, dict] = {
     "eager_fp32_nchw": dict(backend="eager", channels_last=False),  # the naive reference
     "eager_channels_last": dict(backend="eager", channels_last=True),
     "eager_channels_last_bf16": dict(backend="eager", channels_last=True, amp=True),
-    "torchscript": dict(backend="torchscript", channels_last=True),
-    "torchscript_nchw": dict(backend="torchscript", channels_last=False),
-    "compile": dict(backend="compile", channels_last=True),
     "onnxruntime": dict(backend="onnxruntime"),
 }
 REFERENCE = "eager_fp32_nchw"

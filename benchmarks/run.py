@@ -45,7 +45,7 @@ def section_engine(args, frames, tmp: Path) -> dict:
     calib = frames[::6]
     lite = calibrated_checkpoint("", calib, tmp)
     full = calibrated_checkpoint("usqnet", calib, tmp)
-    variants = [v for v in engine_bench.VARIANTS if v != "compile" or args.compile]
+    variants = list(engine_bench.VARIANTS)
     # Accuracy on every real frame for the lite model, every 5th for the full one (time on 2 shared cores).
     lite_frames, full_frames = (frames[::2], frames[::10]) if args.quick else (frames, frames[::5])
     rounds, per = (3, 3) if args.quick else (6, 4)
@@ -54,8 +54,7 @@ def section_engine(args, frames, tmp: Path) -> dict:
             "usqnet_lite", lite, lite_frames, variants, (1, 8), rounds, per, extra_accuracy_path=DEFAULT_CHECKPOINT
         )
     }
-    # torchscript_nchw is no faster than torchscript on the lite model; left out for the full one (time).
-    full_variants = [v for v in variants if (v != "compile" or args.compile_full) and v != "torchscript_nchw"]
+    full_variants = variants
     rounds, per = (2, 2) if args.quick else (4, 2)
     out["usqnet"] = engine_bench.bench_model("usqnet", full, full_frames, full_variants, (1, 8), rounds, per)
     out["threads_naive_eager_lite_batch1"] = engine_bench.threads_probe(lite, frames, 3 if args.quick else 6)
@@ -238,11 +237,9 @@ def write_json(path: Path, res: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="short run (fewer rounds, 15 s stream, no compile)")
+    ap.add_argument("--quick", action="store_true", help="short run (fewer rounds, 15 s stream)")
     ap.add_argument("--sections", default="engine,node,stream,scaling")
     ap.add_argument("--stream-seconds", type=float, default=60.0)
-    ap.add_argument("--compile", action="store_true", help="include torch.compile (lite; minutes to compile)")
-    ap.add_argument("--compile-full", action="store_true", help="with --compile: the full model too (slower)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--markdown", type=Path, default=None, help="print the README table of a results JSON and exit")
     args = ap.parse_args(argv)

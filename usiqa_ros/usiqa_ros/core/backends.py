@@ -2,18 +2,19 @@
 
 The engine owns preprocessing, device choice and the eager model; a backend only turns a B x 3 x S x S float
 batch into B x G logits, as fast as it can. Backends that cannot start here (missing package, no GPU
-provider, compiler failure) raise `BackendUnavailable`, and the engine falls back to eager with a warning.
+provider, export failure) raise `BackendUnavailable`, and the engine falls back to eager with a warning.
 
 - eager:        the nn.Module itself (optionally channels_last and bf16/fp16 autocast).
-- torchscript:  traced, frozen and `optimize_for_inference`d (folds batch norm into convolutions).
-- compile:      `torch.compile` (inductor). Needs a C++ compiler on the CPU; compiles on first use.
 - onnxruntime:  exported to ONNX in memory (no file, no cache to go stale), run by ONNX Runtime with the
                 TensorRT / CUDA execution providers on a GPU when the installed build has them, else the CPU one.
+
+TorchScript (deprecated upstream) and torch.compile were dropped: in the recorded benchmark ONNX Runtime was
+faster than TorchScript in every row (lite 17.2 vs 30.8 ms, full 62.6 vs 110.7 ms at batch 1), and torch.compile
+took about two minutes to compile the lite model and then ran slower than eager (README "Performance").
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
 import warnings
@@ -24,14 +25,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from usiqa_ros.core.device import autocast, precision_of
+
 log = logging.getLogger(__name__)
 
-BACKENDS = ("eager", "torchscript", "compile", "onnxruntime")
+BACKENDS = ("eager", "onnxruntime")
 CHOICES = (*BACKENDS, "auto")
 ORT_OPT_LEVELS = ("disable", "basic", "extended", "all")
 # Preference order of "auto" on each device type, fastest first. Measured on the CPU (benchmarks/run.py,
 # README "Performance"); the CUDA order is the expected one (not measured here: no GPU).
-AUTO_ORDER = {"cpu": ("onnxruntime", "torchscript", "eager"), "cuda": ("onnxruntime", "eager")}
+AUTO_ORDER = {"cpu": ("onnxruntime", "eager"), "cuda": ("onnxruntime", "eager")}
 
 
 class BackendUnavailable(RuntimeError):
@@ -45,7 +48,7 @@ class BackendOptions:
     device: torch.device
     input_size: int
     channels_last: bool = True
-    amp: bool = False  # reduced precision: fp16 on CUDA; bf16 autocast on the CPU (eager/compile only)
+    amp: bool = False  # reduced precision: fp16 on CUDA; bf16 autocast on the CPU (eager; TensorRT fp16 for onnxruntime)
     num_threads: int = 0
     num_interop_threads: int = 0
     ort_graph_optimization: str = "all"
@@ -66,95 +69,25 @@ class Backend:
         return f"{self.name} ({self.precision})"
 
 
-def amp_dtype(device: torch.device) -> torch.dtype:
-    return torch.float16 if device.type == "cuda" else torch.bfloat16
-
-
-def precision_of(amp: bool, device: torch.device) -> str:
-    return ("fp16" if device.type == "cuda" else "bf16") if amp else "fp32"
-
-
-class _TorchBackend(Backend):
-    """What the PyTorch backends share: device, memory format and autocast of the engine's options."""
-
-    def __init__(self, opts: BackendOptions) -> None:
-        self.device = opts.device
-        self.memory_format = torch.channels_last if opts.channels_last else torch.contiguous_format
-        self.amp = opts.amp
-        self.precision = precision_of(opts.amp, opts.device)
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if not self.amp:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=amp_dtype(self.device))
-
-    def _input(self, batch: torch.Tensor) -> torch.Tensor:
-        return batch.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-
-    def _run(self, module: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor) -> torch.Tensor:
-        """module(batch) in inference mode; fp32 logits out under autocast."""
-        with torch.inference_mode(), self._autocast():
-            out = module(self._input(batch))
-        return out.float() if self.amp else out
-
-
-class EagerBackend(_TorchBackend):
-    """The module itself, in inference mode. The reference every other backend is checked against."""
+class EagerBackend(Backend):
+    """The module itself, in inference mode (channels_last and autocast as configured). The reference every
+    other backend is checked against, and the fallback when none starts."""
 
     name = "eager"
 
     def __init__(self, model: nn.Module, opts: BackendOptions) -> None:
-        super().__init__(opts)
+        self.device = opts.device
+        self.memory_format = torch.channels_last if opts.channels_last else torch.contiguous_format
+        self.amp = opts.amp
+        self.precision = precision_of(opts.amp, opts.device)
         self.model = model
         self.model.to(memory_format=self.memory_format)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        return self._run(self.model, batch)
-
-
-class TorchScriptBackend(_TorchBackend):
-    """Trace -> freeze -> optimize_for_inference. Fixed input size; other sizes go to the eager model."""
-
-    name = "torchscript"
-
-    def __init__(self, model: nn.Module, opts: BackendOptions) -> None:
-        super().__init__(opts)
-        s = opts.input_size
-        example = torch.zeros(1, 3, s, s, device=self.device).contiguous(memory_format=self.memory_format)
-        try:
-            with torch.no_grad(), warnings.catch_warnings(), self._autocast():
-                warnings.simplefilter("ignore")
-                traced = torch.jit.trace(model.to(memory_format=self.memory_format), example, check_trace=False)
-                self.module = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
-                self.module(example)  # the first call specialises the graph; pay it here
-        except Exception as e:  # noqa: BLE001 - any tracing/freezing failure means "use another backend"
-            raise BackendUnavailable(f"TorchScript tracing failed: {type(e).__name__}: {e}") from None
-
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad(), self._autocast():
-            return self.module(self._input(batch)).float()
-
-
-class CompileBackend(_TorchBackend):
-    """torch.compile (inductor). The compilation happens in the engine's warm-up, not on the first frame."""
-
-    name = "compile"
-
-    def __init__(self, model: nn.Module, opts: BackendOptions) -> None:
-        super().__init__(opts)
-        if not hasattr(torch, "compile"):
-            raise BackendUnavailable("this torch has no torch.compile")
-        model = model.to(memory_format=self.memory_format)
-        # dynamic=False: one graph for the engine's fixed input size (batch sizes recompile once each).
-        self.module = torch.compile(model, dynamic=False)
-        s = opts.input_size
-        try:
-            self(torch.zeros(1, 3, s, s, device=self.device))
-        except Exception as e:  # noqa: BLE001 - inductor raises many kinds (no compiler, codegen failure)
-            raise BackendUnavailable(f"torch.compile failed: {type(e).__name__}: {str(e)[:300]}") from None
-
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        return self._run(self.module, batch)
+        x = batch.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        with torch.inference_mode(), autocast(self.device, self.amp):
+            out = self.model(x)
+        return out.float() if self.amp else out
 
 
 def ort_providers(device: torch.device, available: list[str], fp16: bool) -> list:
@@ -261,8 +194,6 @@ class OnnxRuntimeBackend(Backend):
 
 FACTORIES: dict[str, Callable[[nn.Module, BackendOptions], Backend]] = {
     "eager": EagerBackend,
-    "torchscript": TorchScriptBackend,
-    "compile": CompileBackend,
     "onnxruntime": OnnxRuntimeBackend,
 }
 

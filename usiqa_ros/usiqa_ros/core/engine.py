@@ -21,6 +21,7 @@ from usiqa_ros.core.backends import (
     candidates,
 )
 from usiqa_ros.core.checkpoint import LoadedCheckpoint, load_checkpoint
+from usiqa_ros.core.device import DeviceError, resolve_device
 from usiqa_ros.core.model import expected_score
 from usiqa_ros.core.preprocess import PreprocessConfig, preprocess_frame, to_batch
 
@@ -44,7 +45,7 @@ class EngineConfig:
     roi: tuple[int, int, int, int] = (0, 0, 0, 0)
     input_size: int = 0  # 0 = the checkpoint's
     warmup_iterations: int = 2
-    # Inference backend (core/backends.py): eager | torchscript | compile | onnxruntime | auto. A backend that
+    # Inference backend (core/backends.py): eager | onnxruntime | auto. A backend that
     # cannot start here, or disagrees with eager fp32 at start-up, is skipped with a warning (eager is the floor).
     backend: str = "eager"
     num_interop_threads: int = 0  # torch / ORT inter-op threads; 0 = library default
@@ -66,27 +67,6 @@ class EngineError(RuntimeError):
     """The engine cannot start (device or configuration problem)."""
 
 
-def resolve_device(requested: str, require: bool = False) -> torch.device:
-    """'auto' -> cuda if available else cpu; a missing CUDA falls back to the CPU with a warning."""
-    requested = (requested or "auto").strip().lower()
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(requested)
-    except RuntimeError as e:
-        raise EngineError(f"device {requested!r} is not a valid torch device: {e}") from None
-    if dev.type == "cuda":
-        ok = torch.cuda.is_available() and (dev.index is None or dev.index < torch.cuda.device_count())
-        if not ok:
-            if require:
-                raise EngineError(f"device {requested!r} requested (require_device=true) but CUDA is not available")
-            log.warning("device %r requested but CUDA is not available: falling back to the CPU", requested)
-            return torch.device("cpu")
-    elif dev.type != "cpu":
-        raise EngineError(f"device {requested!r} not supported (auto, cpu, cuda, cuda:N)")
-    return dev
-
-
 def set_threads(intra: int, inter: int) -> None:
     """torch intra-/inter-op threads (<= 0: leave the default). Inter-op can only be set before first use."""
     if intra > 0:
@@ -102,10 +82,12 @@ class Engine:
     """Scores batches of frames with a USQNet checkpoint."""
 
     def __init__(self, config: EngineConfig | None = None) -> None:
-        t_start = time.perf_counter()
         self.config = cfg = config or EngineConfig()
         set_threads(cfg.num_threads, cfg.num_interop_threads)
-        self.device = resolve_device(cfg.device, cfg.require_device)
+        try:
+            self.device = resolve_device(cfg.device, cfg.require_device)
+        except DeviceError as e:
+            raise EngineError(str(e)) from None
         self.checkpoint: LoadedCheckpoint = load_checkpoint(
             cfg.model_path or None,
             expected_sha256=cfg.model_sha256 or None,
@@ -122,7 +104,6 @@ class Engine:
         t0 = time.perf_counter()
         self.warmup(cfg.warmup_iterations)
         self.warmup_seconds = time.perf_counter() - t0
-        self.startup_seconds = time.perf_counter() - t_start  # checkpoint + backend + warm-up
 
     def backend_options(self) -> BackendOptions:
         cfg = self.config
@@ -200,7 +181,7 @@ class Engine:
     def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """B x 3 x S x S in [0, 1] -> (probabilities B x G, scores B) on the CPU."""
         s = self.preprocess_config.input_size
-        # Fixed-shape backends (TorchScript, ONNX) were built for the engine's input size; eager takes any.
+        # The ONNX export was built for the engine's input size; eager takes any.
         same_size = batch.shape[-2:] == (s, s)
         logits = (self.backend if same_size else self.eager)(batch)
         probs, scores = expected_score(logits)

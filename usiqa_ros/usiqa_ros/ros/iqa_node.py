@@ -138,8 +138,8 @@ class IqaNode(LifecycleNode):
         p(
             "backend",
             "auto",
-            "Inference backend: auto (fastest measured that starts and matches eager) | onnxruntime | torchscript "
-            "| compile | eager. A backend that cannot start falls back to eager with a warning.",
+            "Inference backend: auto (fastest measured that starts and matches eager) | onnxruntime | eager. "
+            "A backend that cannot start falls back to eager with a warning.",
         )
         p("ort_graph_optimization", "all", "ONNX Runtime graph optimisation: disable | basic | extended | all.")
         p("ort_allow_spinning", True, "ONNX Runtime idle worker threads spin: lower latency, more CPU use.")
