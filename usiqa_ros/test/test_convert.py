@@ -45,20 +45,20 @@ def test_passthrough_encodings(encoding, dtype, channels, pad):
     else:
         arr = RNG.integers(0, np.iinfo(dtype).max, (5, 7, channels)).astype(dtype)
         pad = pad - pad % np.dtype(dtype).itemsize
-    out = image_to_array(_msg(arr, encoding, pad), use_cv_bridge=False)
+    out = image_to_array(_msg(arr, encoding, pad))
     np.testing.assert_array_equal(out, arr.squeeze(-1) if channels == 1 else arr)
 
 
 def test_rgb_becomes_bgr():
     arr = RNG.integers(0, 255, (4, 6, 3)).astype(np.uint8)
-    np.testing.assert_array_equal(image_to_array(_msg(arr, "rgb8"), use_cv_bridge=False), arr[:, :, ::-1])
+    np.testing.assert_array_equal(image_to_array(_msg(arr, "rgb8")), arr[:, :, ::-1])
     rgba = RNG.integers(0, 255, (4, 6, 4)).astype(np.uint8)
-    np.testing.assert_array_equal(image_to_array(_msg(rgba, "rgba8"), use_cv_bridge=False), rgba[:, :, [2, 1, 0, 3]])
+    np.testing.assert_array_equal(image_to_array(_msg(rgba, "rgba8")), rgba[:, :, [2, 1, 0, 3]])
 
 
 def test_big_endian_mono16():
     arr = RNG.integers(0, 65535, (4, 6, 1)).astype(np.uint16)
-    out = image_to_array(_msg(arr, "mono16", bigendian=True), use_cv_bridge=False)
+    out = image_to_array(_msg(arr, "mono16", bigendian=True))
     np.testing.assert_array_equal(out, arr[:, :, 0])
 
 
@@ -78,7 +78,7 @@ def test_malformed_images_are_refused(mutate, reason):
     msg = _msg(RNG.integers(0, 255, (4, 6, 1)).astype(np.uint8), "mono8")
     mutate(msg)
     with pytest.raises(FrameError) as e:
-        image_to_array(msg, use_cv_bridge=False)
+        image_to_array(msg)
     assert e.value.reason == reason
 
 

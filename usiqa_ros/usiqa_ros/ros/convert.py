@@ -2,8 +2,8 @@
 
 Every check happens before any allocation, so a hostile message (huge dimensions, a decompression bomb)
 costs nothing. Failures raise preprocess.FrameError with a stable `reason` used for counters.
-cv_bridge is used for raw images when it imports (real ROS 2 installs); otherwise the numpy path below,
-which is zero-copy for unpadded mono/BGR images.
+Raw images go through numpy only (zero-copy for unpadded mono/BGR images): cv_bridge would add a dependency
+and an untested second path for the same result (its passthrough conversion after these same checks).
 """
 
 from __future__ import annotations
@@ -14,13 +14,6 @@ import cv2
 import numpy as np
 
 from usiqa_ros.core.preprocess import FrameError
-
-try:  # pragma: no cover - only on real ROS 2 installs
-    from cv_bridge import CvBridge
-
-    _BRIDGE: CvBridge | None = CvBridge()
-except Exception:  # noqa: BLE001 - any import failure means "not available"
-    _BRIDGE = None
 
 # encoding -> (numpy dtype, channels, conversion to OpenCV order or None)
 ENCODINGS: dict[str, tuple[np.dtype, int, int | None]] = {
@@ -39,7 +32,7 @@ ENCODINGS: dict[str, tuple[np.dtype, int, int | None]] = {
 SUPPORTED_ENCODINGS = tuple(ENCODINGS)
 
 
-def image_to_array(msg, max_pixels: int = 4096 * 4096, use_cv_bridge: bool = True) -> np.ndarray:
+def image_to_array(msg, max_pixels: int = 4096 * 4096) -> np.ndarray:
     """sensor_msgs/Image -> numpy frame. Raises FrameError (reason keys: unsupported_encoding, empty,
     too_large, bad_step, bad_data_size)."""
     enc = msg.encoding
@@ -59,13 +52,10 @@ def image_to_array(msg, max_pixels: int = 4096 * 4096, use_cv_bridge: bool = Tru
     n = len(msg.data)
     if n != h * step:
         raise FrameError("bad_data_size", f"data has {n} bytes, height*step = {h * step}")
-    if _BRIDGE is not None and use_cv_bridge:  # pragma: no cover
-        arr = _BRIDGE.imgmsg_to_cv2(msg, desired_encoding="passthrough")
-    else:
-        buf = np.frombuffer(msg.data, dtype=np.uint8).reshape(h, step)[:, :row_bytes]
-        arr = buf.view(dtype.newbyteorder(">") if msg.is_bigendian else dtype).reshape(h, w, channels)
-        if msg.is_bigendian and dtype.itemsize > 1:
-            arr = arr.astype(dtype)
+    buf = np.frombuffer(msg.data, dtype=np.uint8).reshape(h, step)[:, :row_bytes]
+    arr = buf.view(dtype.newbyteorder(">") if msg.is_bigendian else dtype).reshape(h, w, channels)
+    if msg.is_bigendian and dtype.itemsize > 1:
+        arr = arr.astype(dtype)
     if channels == 1:
         arr = arr.reshape(h, w)
     if conversion is not None:

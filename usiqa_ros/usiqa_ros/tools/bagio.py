@@ -126,10 +126,10 @@ def compressed_message(frame: np.ndarray, ns: int, frame_id: str, fmt: str = "pn
 
 def decode_image(msg: Any, msgtype: str, max_pixels: int = 4096 * 4096) -> np.ndarray:
     """Image / CompressedImage (rosbags or rclpy message) -> numpy frame, with the node's exact checks.
-    cv_bridge is bypassed: it expects rclpy messages. Raises preprocess.FrameError."""
+    Raises preprocess.FrameError."""
     if msgtype == COMPRESSED_TYPE:
         return compressed_to_array(msg, max_pixels)
-    return image_to_array(msg, max_pixels, use_cv_bridge=False)
+    return image_to_array(msg, max_pixels)
 
 
 # ------------------------------------------------------------------------------------------------ reading
