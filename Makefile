@@ -1,11 +1,22 @@
 # The README's two commands: `make demo` and `make test`. Both set up .venv first (idempotent, skipped when
 # nothing changed): ROS 2 Kilted wheels, torch, the interface package usiqa_msgs, usiqa_ros (editable).
 PY := $(CURDIR)/.venv/bin/python
+# Recipes source the ROS underlay's setup.bash (bash syntax).
+SHELL := /bin/bash
+# When ../shared/ros-underlay exists, scripts/setup_underlay.sh builds launch, the ros2 CLI and tf2_ros_py into
+# $(UNDERLAY); sourcing it (with the venv as the base ament prefix, as /opt/ros/<distro> would be) gives `ros2`,
+# `import launch`, `import tf2_ros`. Without it the recipes run as before and the ROS CLI tests skip.
+UNDERLAY := $(CURDIR)/.venv/underlay/install
+WITH_ROS := export AMENT_PREFIX_PATH=$(CURDIR)/.venv; \
+	if [ -f $(UNDERLAY)/setup.bash ]; then source $(UNDERLAY)/setup.bash; fi;
 
-.PHONY: setup demo demo-best-view test lint bench clean
+.PHONY: setup underlay demo demo-best-view test lint bench clean
 
 setup:
 	@bash scripts/setup_env.sh
+
+underlay: setup
+	@bash scripts/setup_underlay.sh
 
 demo: setup
 	$(PY) -m usiqa_ros.nodes.demo
@@ -13,9 +24,9 @@ demo: setup
 demo-best-view: setup  # probe_sim sweeps, iqa_node scores, best_view_client searches; result vs ground truth
 	$(PY) -m usiqa_ros.nodes.best_view_demo
 
-test: setup
+test: underlay
 	$(PY) -m ruff check .
-	cd usiqa_ros && $(PY) -m pytest  # from the package folder: pytest.ini and test/ live there
+	$(WITH_ROS) cd usiqa_ros && $(PY) -m pytest  # from the package folder: pytest.ini and test/ live there
 
 bench: setup
 	$(PY) -m benchmarks.run
