@@ -1,4 +1,5 @@
-"""Inference backends behind one small interface: `backend(batch) -> logits`.
+"""Inference backends behind one small interface: `backend.run(batch) -> (logits, embedding)` (`backend(batch)`
+gives the logits alone).
 
 The engine owns preprocessing, device choice and the eager model; a backend only turns a B x 3 x S x S float
 batch into B x G logits, as fast as it can. Backends that cannot start here (missing package, no GPU
@@ -56,14 +57,32 @@ class BackendOptions:
     cache_key: str = ""  # identifies the weights (checkpoint SHA-256): reuse this process's ONNX export
 
 
+class ScoreAndEmbed(nn.Module):
+    """The model's one forward pass with two outputs: (logits B x G, embedding B x D = forward_features, the
+    second-order descriptor). The view score of the reference views needs the embedding of the very pass that
+    scored the frame, never a second model run."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.model.forward_features(x)
+        return self.model.forward_head(features), features
+
+
 class Backend:
-    """Batch B x 3 x S x S float32 in [0, 1] (any device) -> logits B x G float32 (on `device`)."""
+    """Batch B x 3 x S x S float32 in [0, 1] (any device) -> logits B x G float32 (on `device`); `run` also
+    returns the embedding B x D of the same pass."""
 
     name = "base"
     precision = "fp32"
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+    def run(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.run(batch)[0]
 
     def describe(self) -> str:
         return f"{self.name} ({self.precision})"
@@ -82,12 +101,13 @@ class EagerBackend(Backend):
         self.precision = precision_of(opts.amp, opts.device)
         self.model = model
         self.model.to(memory_format=self.memory_format)
+        self.both = ScoreAndEmbed(model)
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+    def run(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = batch.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         with torch.inference_mode(), autocast(self.device, self.amp):
-            out = self.model(x)
-        return out.float() if self.amp else out
+            logits, emb = self.both(x)
+        return (logits.float(), emb.float()) if self.amp else (logits, emb)
 
 
 def ort_providers(device: torch.device, available: list[str], fp16: bool) -> list:
@@ -112,8 +132,9 @@ _ONNX_CACHE_SIZE = 4
 
 
 def export_onnx(model: nn.Module, input_size: int, opset: int = 17, cache_key: str = "") -> bytes:
-    """The model as ONNX bytes, batch dimension dynamic. In memory: the checkpoint stays the only artefact."""
-    key = f"{cache_key}:{input_size}:{opset}" if cache_key else ""
+    """The model as ONNX bytes with two outputs, `logits` and `embedding` (ScoreAndEmbed), batch dimension
+    dynamic. In memory: the checkpoint stays the only artefact."""
+    key = f"{cache_key}:{input_size}:{opset}:emb" if cache_key else ""
     if key and key in _ONNX_CACHE:
         return _ONNX_CACHE[key]
     example = torch.zeros(1, 3, input_size, input_size)
@@ -121,12 +142,12 @@ def export_onnx(model: nn.Module, input_size: int, opset: int = 17, cache_key: s
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model.cpu().to(memory_format=torch.contiguous_format),
+            ScoreAndEmbed(model.cpu().to(memory_format=torch.contiguous_format)),
             (example,),
             buf,
             input_names=["image"],
-            output_names=["logits"],
-            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+            output_names=["logits", "embedding"],
+            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}, "embedding": {0: "batch"}},
             opset_version=opset,
             dynamo=False,
         )
@@ -186,10 +207,10 @@ class OnnxRuntimeBackend(Backend):
     def describe(self) -> str:
         return f"{self.name} ({self.precision}, {self.providers[0]})"
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+    def run(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)
-        (logits,) = self.session.run(None, {"image": x})
-        return torch.from_numpy(logits).to(self.device)
+        logits, emb = self.session.run(["logits", "embedding"], {"image": x})
+        return torch.from_numpy(logits).to(self.device), torch.from_numpy(emb).to(self.device)
 
 
 FACTORIES: dict[str, Callable[[nn.Module, BackendOptions], Backend]] = {

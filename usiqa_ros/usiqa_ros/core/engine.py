@@ -56,11 +56,13 @@ class EngineConfig:
 
 @dataclass
 class FrameScore:
-    """Quality of one frame: grade 1..G, score in [0, 1], probabilities per grade."""
+    """Quality of one frame: grade 1..G, score in [0, 1], probabilities per grade, and the embedding of the same
+    forward pass (the model's forward_features, float32 D; reference views compare these)."""
 
     grade: int
     score: float
     probabilities: np.ndarray = field(repr=False)
+    embedding: np.ndarray | None = field(default=None, repr=False)
 
 
 class EngineError(RuntimeError):
@@ -180,18 +182,29 @@ class Engine:
     @torch.inference_mode()
     def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """B x 3 x S x S in [0, 1] -> (probabilities B x G, scores B) on the CPU."""
+        probs, scores, _ = self.forward_with_embedding(batch)
+        return probs, scores
+
+    @torch.inference_mode()
+    def forward_with_embedding(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """B x 3 x S x S in [0, 1] -> (probabilities B x G, scores B, embeddings B x D) on the CPU, one pass."""
         s = self.preprocess_config.input_size
         # The ONNX export was built for the engine's input size; eager takes any.
         same_size = batch.shape[-2:] == (s, s)
-        logits = (self.backend if same_size else self.eager)(batch)
+        logits, emb = (self.backend if same_size else self.eager).run(batch)
         probs, scores = expected_score(logits)
-        return probs.cpu(), scores.cpu()
+        return probs.cpu(), scores.cpu(), emb.float().cpu()
 
     def score_preprocessed(self, frames: list[np.ndarray]) -> list[FrameScore]:
-        probs, scores = self.forward(to_batch(frames))
-        p = probs.numpy()
+        probs, scores, emb = self.forward_with_embedding(to_batch(frames))
+        p, e = probs.numpy(), emb.numpy()
         return [
-            FrameScore(grade=int(p[i].argmax()) + 1, score=float(scores[i]), probabilities=p[i].astype(np.float32))
+            FrameScore(
+                grade=int(p[i].argmax()) + 1,
+                score=float(scores[i]),
+                probabilities=p[i].astype(np.float32),
+                embedding=e[i].copy(),
+            )
             for i in range(len(frames))
         ]
 

@@ -20,22 +20,26 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import rclpy
 from builtin_interfaces.msg import Duration
-from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
+from std_srvs.srv import Trigger
 from usiqa_msgs.msg import QualityScore
+from usiqa_msgs.srv import CaptureReferences
 
 from usiqa_ros.core.checkpoint import CheckpointError
 from usiqa_ros.core.engine import Engine, EngineConfig, EngineError, FrameScore
 from usiqa_ros.core.preprocess import FrameError
+from usiqa_ros.core.references import ReferenceError, ReferenceFrame, ReferenceSet, combine, is_bag, load_references
 from usiqa_ros.ros.best_view import BestViewConfig, BestViewServer
 from usiqa_ros.ros.convert import check_header, compressed_to_array, image_to_array
 from usiqa_ros.ros.diagnostics import IqaDiagnostics
@@ -90,6 +94,7 @@ class IqaNode(LifecycleNode):
     CONFIGURE_TIME = {
         "model_path", "model_sha256", "allow_unsafe_pickle", "device", "require_device", "amp", "num_threads",
         "input_size", "backend", "num_interop_threads", "ort_graph_optimization", "ort_allow_spinning",
+        "reference_dir", "reference_topic", "reference_top_k", "reference_history",
     }  # fmt: skip
     ACTIVATE_TIME = {"image_topic", "compressed_topic", "qos_reliability", "qos_depth", "quality_topic"}
 
@@ -114,6 +119,15 @@ class IqaNode(LifecycleNode):
         self._best_view_config = BestViewConfig(enabled=False)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.diagnostics = IqaDiagnostics(self)  # /diagnostics at 1 Hz + its threshold parameters
+        # Reference views (teach the target): replaced whole (copy on write), so the worker reads one set per frame.
+        self.references: ReferenceSet | None = None
+        self._ref_lock = threading.Lock()  # serialises capture / clear / save
+        self._history: deque = deque(maxlen=1)  # (embedding, header) of the newest scored frames
+        self.create_service(
+            CaptureReferences, "~/capture_reference", self._on_capture, callback_group=self.aux_group
+        )
+        self.create_service(Trigger, "~/clear_references", self._on_clear, callback_group=self.aux_group)
+        self.create_service(Trigger, "~/save_references", self._on_save, callback_group=self.aux_group)
 
     # ---------------------------------------------------------------- parameters
     def _declare_parameters(self) -> None:
@@ -154,6 +168,26 @@ class IqaNode(LifecycleNode):
         p("max_pixels", 4096 * 4096, "Frames with more pixels are refused before any allocation.")
         p("log_throttle_s", 5.0, "Minimum seconds between two log lines for the same bad-frame reason.", dynamic=True)
         p("autostart", True, "Configure and activate at start-up (no lifecycle manager needed).")
+        p(
+            "reference_dir",
+            "",
+            "Reference views of the target, loaded at configure: a folder (its references.safetensors if present, "
+            "else its images), or a rosbag2 bag. ~/save_references writes references.safetensors into it. "
+            "Empty = no references (view_score NaN, score = artifact_score).",
+        )
+        p("reference_topic", "", "Image topic of a reference_dir bag; empty = the bag's only image topic.")
+        p(
+            "reference_top_k",
+            5,
+            "View score: mean distance to the k nearest references (CRL-UIQA), for sets loaded from frames.",
+            integer_range=[IntegerRange(from_value=1, to_value=100, step=1)],
+        )
+        p(
+            "reference_history",
+            64,
+            "Newest scored frames whose embeddings ~/capture_reference can add (bounded memory).",
+            integer_range=[IntegerRange(from_value=1, to_value=10000, step=1)],
+        )
         p("best_view.enabled", True, "Offer the BestViewSearch action (best_view_search) while active.")
         p("best_view.goal_policy", "preempt", "A goal arriving while one runs: preempt (old ends PREEMPTED) | reject.")
         p("best_view.feedback_rate", 5.0, "Maximum best-view feedback rate in Hz; 0 = no feedback.")
@@ -221,12 +255,14 @@ class IqaNode(LifecycleNode):
             self._best_view_config = BestViewConfig.from_node(self)
             t0 = time.perf_counter()
             self.engine = Engine(cfg)
-        except (CheckpointError, EngineError, ValueError) as e:
+            self.references = self._load_references(self.engine)
+        except (CheckpointError, EngineError, ValueError) as e:  # ReferenceError is a ValueError
             self.get_logger().error(f"configure failed: {e}")
             self.diagnostics.configure_error = str(e)
             self.engine = None
             return TransitionCallbackReturn.FAILURE
         self.diagnostics.configure_error = ""
+        self._history = deque(maxlen=int(self.param("reference_history")))
         requested = (cfg.device or "auto").strip().lower()
         if requested != "auto" and requested.split(":")[0] != self.engine.device.type:
             self.get_logger().warning(
@@ -316,6 +352,8 @@ class IqaNode(LifecycleNode):
         self._stop()
         self._destroy_best_view()
         self.engine = None
+        self.references = None
+        self._history.clear()
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -328,6 +366,91 @@ class IqaNode(LifecycleNode):
         if self._best_view is not None:
             self._best_view.destroy()
             self._best_view = None
+
+    # ---------------------------------------------------------------- reference views
+    def _load_references(self, engine: Engine) -> ReferenceSet:
+        """reference_dir -> set (ReferenceError, naming the file, for a corrupt or other-model set)."""
+        path = self.param("reference_dir")
+        refs = ReferenceSet(engine.model_id, top_k=int(self.param("reference_top_k")))
+        if not path:
+            return refs
+        p = Path(path)
+        if not p.exists() or (p.is_dir() and not any(p.iterdir())):
+            self.get_logger().info(f"reference_dir {path} is empty: no references yet (teach with capture_reference)")
+            return refs
+        refs = load_references(
+            p,
+            engine.model_id,
+            lambda frames: np.stack([s.embedding for s in engine.score(frames)]),
+            topic=self.param("reference_topic") or None,
+            top_k=int(self.param("reference_top_k")),
+        )
+        self.get_logger().info(f"{len(refs)} reference views loaded from {path} (calibration d0 {refs.d0:.4g})")
+        return refs
+
+    def _on_capture(self, request: Any, response: Any) -> Any:
+        engine, refs = self.engine, self.references
+        if engine is None or refs is None:
+            response.success, response.message = False, "not configured: no model to embed frames with"
+            return response
+        if request.count < 1:
+            response.success, response.message = False, "count must be >= 1"
+            response.set_size = len(refs)
+            return response
+        with self._ref_lock:
+            refs = self.references
+            newest = list(self._history)[-int(request.count) :]
+            if not newest:
+                response.success, response.message = False, "no scored frame yet: stream images, then capture"
+                response.set_size = len(refs)
+                return response
+            new = ReferenceSet(refs.model_id, refs.embeddings, list(refs.frames), refs.top_k)
+            group = new.next_group()
+            frames = [
+                ReferenceFrame(h.stamp.sec * 1_000_000_000 + h.stamp.nanosec, h.frame_id, "capture", group)
+                for _, h in newest
+            ]
+            try:
+                new.add(np.stack([e for e, _ in newest]), frames)
+            except ReferenceError as e:
+                response.success, response.message, response.set_size = False, str(e), len(refs)
+                return response
+            self.references = new
+        response.success, response.added, response.set_size = True, len(newest), len(new)
+        response.message = f"added {len(newest)} of {request.count} requested frames; {len(new)} reference views"
+        self.get_logger().info(response.message)
+        return response
+
+    def _on_clear(self, request: Any, response: Any) -> Any:
+        with self._ref_lock:
+            if self.references is None:
+                response.success, response.message = False, "not configured"
+                return response
+            n = len(self.references)
+            self.references = ReferenceSet(self.references.model_id, top_k=self.references.top_k)
+        response.success, response.message = True, f"cleared {n} reference views (saved files are kept)"
+        self.get_logger().info(response.message)
+        return response
+
+    def _on_save(self, request: Any, response: Any) -> Any:
+        path = self.param("reference_dir")
+        with self._ref_lock:
+            refs = self.references
+            if refs is None or not len(refs):
+                response.success, response.message = False, "no reference views to save"
+                return response
+            if not path or is_bag(path):
+                response.success = False
+                response.message = f"reference_dir must name a folder to save into (is {path!r})"
+                return response
+            try:
+                target = refs.save(path, extra={"node": self.get_fully_qualified_name()})
+            except (OSError, ReferenceError) as e:
+                response.success, response.message = False, f"save to {path} failed: {e}"
+                return response
+        response.success, response.message = True, f"saved {len(refs)} reference views to {target}"
+        self.get_logger().info(response.message)
+        return response
 
     # ---------------------------------------------------------------- data path
     def add_score_listener(self, listener: ScoreListener) -> None:
@@ -414,8 +537,15 @@ class IqaNode(LifecycleNode):
     def _publish(self, pending: _Pending, result: FrameScore, frame: np.ndarray) -> None:
         out = QualityScore()
         out.header = pending.msg.header
-        out.score = out.artifact_score = float(result.score)
-        out.view_score = float("nan")  # no reference views yet
+        out.artifact_score = float(result.score)
+        refs = self.references  # one set per frame (services replace it whole)
+        if refs is not None and len(refs) and result.embedding is not None:
+            out.view_score = float(refs.view_scores(result.embedding)[0])
+        else:
+            out.view_score = float("nan")
+        out.score = combine(out.artifact_score, out.view_score)
+        if result.embedding is not None:
+            self._history.append((result.embedding, pending.msg.header))
         out.grade = int(result.grade)
         out.probabilities = result.probabilities.tolist()
         out.model_id = self.engine.model_id

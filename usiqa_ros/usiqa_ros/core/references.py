@@ -1,0 +1,282 @@
+"""Reference views: a few embeddings of frames at the target view, and the view score of a new frame.
+
+A sonographer holds the probe at a good view of the target once; the frames' embeddings (from the same forward
+pass that scored them, `FrameScore.embedding`) become the reference set. The view score of a frame follows
+CRL-UIQA's pseudo-label rule (the mean of the k smallest Euclidean distances to the references), calibrated on
+the references' own leave-one-out distances:
+
+    d0 = median over references of their top-k distance to the OTHER references (other capture groups when the
+         set has several: frames captured together are near-duplicates and would make d0 the noise level)
+    view = exp(-ln 2 * max(d - d0, 0) / (HALF_LIFE * d0))
+
+so a frame as close to the references as they are to each other scores ~1, and the score halves every
+HALF_LIFE * d0 further away (~0 "unlike any reference").
+
+Saved as one safetensors file (`references.safetensors`: tensor `embeddings` N x D float32, JSON metadata with
+the model id, the time and each frame's header), written atomically: a crash during a save leaves the previous
+set (or none), never half of one. A set made with another model is refused with one message naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from usiqa_ros.core.safe_io import atomic_write_with
+
+FORMAT = "usiqa-references/1"
+REFERENCE_FILE = "references.safetensors"
+DEFAULT_TOP_K = 5
+HALF_LIFE = 0.5  # view score halves every HALF_LIFE * d0 beyond d0 (see module docstring; benchmarked)
+MAX_REFERENCES = 5000
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+class ReferenceError(ValueError):
+    """A reference set or source that cannot be used (missing, corrupt, other model, empty)."""
+
+
+@dataclass
+class ReferenceFrame:
+    """Where one reference came from: the frame's header (stamp in ns, frame_id) and its source."""
+
+    stamp_ns: int = 0
+    frame_id: str = ""
+    source: str = ""  # "capture", a file name, or "<bag>:<topic>#<index>"
+    group: int = 0  # frames added together (one capture call, one file) share a group
+
+
+@dataclass
+class ReferenceSet:
+    """Embeddings of the reference views of one model, with a calibrated view score."""
+
+    model_id: str
+    embeddings: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    frames: list[ReferenceFrame] = field(default_factory=list)
+    top_k: int = DEFAULT_TOP_K
+    d0: float = float("nan")  # calibration: median leave-one-out top-k distance (NaN below 2 references)
+
+    def __post_init__(self) -> None:
+        self.embeddings = np.ascontiguousarray(self.embeddings, dtype=np.float32)
+        if self.embeddings.ndim != 2 or self.embeddings.shape[0] != len(self.frames):
+            raise ReferenceError(f"{self.embeddings.shape[0]} embeddings but {len(self.frames)} frame records")
+        self._calibrate()
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    @property
+    def dim(self) -> int:
+        return int(self.embeddings.shape[1]) if len(self) else 0
+
+    def next_group(self) -> int:
+        return max((f.group for f in self.frames), default=-1) + 1
+
+    def add(self, embeddings: np.ndarray, frames: list[ReferenceFrame]) -> None:
+        """Append references (all frames of one call should share a group), then recalibrate."""
+        e = np.asarray(embeddings, dtype=np.float32).reshape(len(frames), -1)
+        if len(self) and e.shape[1] != self.dim:
+            raise ReferenceError(f"embedding size {e.shape[1]} differs from the set's {self.dim}")
+        if len(self) + len(frames) > MAX_REFERENCES:
+            raise ReferenceError(f"a reference set holds at most {MAX_REFERENCES} frames ({len(self)} held)")
+        self.embeddings = np.concatenate([self.embeddings.reshape(len(self), -1), e]) if len(self) else e.copy()
+        self.frames = [*self.frames, *frames]
+        self._calibrate()
+
+    def clear(self) -> None:
+        self.embeddings = np.zeros((0, 0), np.float32)
+        self.frames = []
+        self._calibrate()
+
+    # ------------------------------------------------------------ scoring
+    def _calibrate(self) -> None:
+        n = len(self)
+        self._sq = (self.embeddings.astype(np.float64) ** 2).sum(1) if n else np.zeros(0)
+        self.d0 = float("nan")
+        if n < 2:
+            return
+        d = _pairwise(self.embeddings, self.embeddings, self._sq)
+        groups = np.array([f.group for f in self.frames])
+        exclude = groups[:, None] == groups[None, :] if len(set(groups.tolist())) > 1 else np.eye(n, dtype=bool)
+        d[exclude] = np.inf
+        k = max(1, min(self.top_k, int((~exclude).sum(1).min())))
+        loo = np.sort(d, axis=1)[:, :k].mean(1)
+        self.d0 = float(max(np.median(loo), 1e-6))
+
+    def distances(self, embeddings: np.ndarray) -> np.ndarray:
+        """Mean of the k smallest Euclidean distances of each row to the references (B,); CRL-UIQA's rule."""
+        if not len(self):
+            raise ReferenceError("no reference views loaded")
+        e = np.asarray(embeddings, dtype=np.float32).reshape(-1, self.dim)
+        d = _pairwise(e, self.embeddings, self._sq)
+        k = min(self.top_k, len(self))
+        return np.partition(d, k - 1, axis=1)[:, :k].mean(1) if k < len(self) else d.mean(1)
+
+    def view_scores(self, embeddings: np.ndarray) -> np.ndarray:
+        """View score in [0, 1] per row: ~1 as close as the references are to each other, ~0 unlike any."""
+        d = self.distances(embeddings)
+        d0 = self.d0
+        if not math.isfinite(d0):  # one reference: no spread to calibrate on; its own scale is the norm
+            d0 = max(float(np.sqrt(self._sq[0])) * 0.1, 1e-6)
+        return np.exp(-math.log(2.0) * np.maximum(d - d0, 0.0) / (HALF_LIFE * d0)).astype(np.float32)
+
+    # ------------------------------------------------------------ persistence
+    def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        """Write atomically to `path` (a file, or a folder that gets `references.safetensors`)."""
+        from safetensors.numpy import save_file
+
+        if not len(self):
+            raise ReferenceError("the reference set is empty: nothing to save")
+        target = set_path(path)
+        meta = {
+            "format": FORMAT,
+            "model_id": self.model_id,
+            "saved_unix": f"{time.time():.3f}",
+            "saved_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "top_k": str(self.top_k),
+            "frames": json.dumps([asdict(f) for f in self.frames]),
+            "extra": json.dumps(extra or {}),
+        }
+        tensors = {"embeddings": np.ascontiguousarray(self.embeddings, dtype=np.float32)}
+        return atomic_write_with(target, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+    @classmethod
+    def load(cls, path: str | Path, model_id: str | None = None) -> ReferenceSet:
+        """Read a saved set; ReferenceError (naming the file) if it is corrupt or made with another model."""
+        from safetensors import safe_open
+
+        target = set_path(path)
+        if not target.is_file():
+            raise ReferenceError(f"reference set {target} does not exist")
+        try:
+            with safe_open(str(target), framework="numpy") as f:
+                meta = f.metadata() or {}
+                emb = f.get_tensor("embeddings")
+            if meta.get("format") != FORMAT:
+                raise ValueError(f"format {meta.get('format')!r}, expected {FORMAT!r}")
+            frames = [ReferenceFrame(**d) for d in json.loads(meta["frames"])]
+            saved_model = meta["model_id"]
+            top_k = int(meta.get("top_k", DEFAULT_TOP_K))
+            if emb.ndim != 2 or emb.shape[0] != len(frames) or not np.isfinite(emb).all():
+                raise ValueError(f"embeddings {emb.shape} do not match {len(frames)} frame records or are not finite")
+        except Exception as e:  # noqa: BLE001 - safetensors/JSON/KeyError/TypeError all mean "corrupt"
+            raise ReferenceError(f"reference set {target} is corrupt or not a reference set: {e}") from None
+        if model_id is not None and saved_model != model_id:
+            raise ReferenceError(
+                f"reference set {target} was made with model {saved_model}, not the loaded {model_id}: "
+                "capture the references again with this model (or load that model)"
+            )
+        return cls(saved_model, emb, frames, top_k)
+
+
+def _pairwise(a: np.ndarray, b: np.ndarray, b_sq: np.ndarray) -> np.ndarray:
+    """Euclidean distances A x B via |a|^2 + |b|^2 - 2 a.b (one matrix product: cheap for 500 references)."""
+    a_sq = (a.astype(np.float64) ** 2).sum(1)
+    d2 = a_sq[:, None] + b_sq[None, :] - 2.0 * (a @ b.T).astype(np.float64)
+    return np.sqrt(np.maximum(d2, 0.0))
+
+
+def set_path(path: str | Path) -> Path:
+    """The set file of `path`: itself when it names a .safetensors file, else `path/references.safetensors`."""
+    p = Path(path)
+    return p if p.suffix == ".safetensors" else p / REFERENCE_FILE
+
+
+def is_bag(path: str | Path) -> bool:
+    """A rosbag2 directory (metadata.yaml) or a single .mcap / .db3 file."""
+    p = Path(path)
+    return (p.is_dir() and (p / "metadata.yaml").is_file()) or (p.is_file() and p.suffix in (".mcap", ".db3"))
+
+
+def source_kind(path: str | Path) -> str:
+    """'set' (a saved set), 'bag' (rosbag2), 'frames' (a folder of images); ReferenceError otherwise."""
+    p = Path(path)
+    if not p.exists():
+        raise ReferenceError(f"reference source {p} does not exist")
+    if set_path(p).is_file():
+        return "set"
+    if is_bag(p):
+        return "bag"
+    if p.is_dir():
+        return "frames"
+    raise ReferenceError(f"reference source {p} is neither a folder of frames, a rosbag2 bag nor a reference set")
+
+
+def read_folder_frames(path: str | Path) -> list[tuple[np.ndarray, ReferenceFrame]]:
+    """Every image in a folder (sorted by name), each its own group; ReferenceError for an unreadable one."""
+    files = sorted(f for f in Path(path).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ReferenceError(f"reference folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    out = []
+    for i, f in enumerate(files):
+        img = cv2.imread(str(f), cv2.IMREAD_UNCHANGED)
+        if img is None:
+            raise ReferenceError(f"reference frame {f} cannot be read as an image")
+        out.append((img, ReferenceFrame(source=f.name, group=i)))
+    return out
+
+
+def read_bag_frames(path: str | Path, topic: str | None = None) -> list[tuple[np.ndarray, ReferenceFrame]]:
+    """Every frame of the bag's image topic (one group: a recording of the target view)."""
+    # tools.bagio is ROS-free (rosbags + ros.convert, no rclpy): imported lazily, only for bags.
+    from usiqa_ros.core.preprocess import FrameError
+    from usiqa_ros.tools import bagio
+
+    out = []
+    try:
+        with bagio.open_bag(path) as reader:
+            topic, _ = bagio.pick_image_topic(reader, topic)
+            for im in bagio.iter_images(reader, topic):
+                try:
+                    frame = bagio.decode_image(im.msg, im.msgtype)
+                except FrameError:
+                    continue  # malformed frames are skipped (counted by the caller from the indices)
+                out.append((frame, ReferenceFrame(im.stamp_ns, im.frame_id, f"{Path(path).name}:{topic}#{im.index}")))
+    except bagio.BagError as e:
+        raise ReferenceError(f"reference bag {path}: {e}") from None
+    if not out:
+        raise ReferenceError(f"reference bag {path} holds no decodable frames on {topic}")
+    return out
+
+
+def read_source_frames(path: str | Path, topic: str | None = None) -> list[tuple[np.ndarray, ReferenceFrame]]:
+    """Frames of a folder or a rosbag2 bag, with their records."""
+    kind = source_kind(path)
+    if kind == "set":
+        raise ReferenceError(f"{path} is a saved reference set (embeddings, no frames)")
+    return read_bag_frames(path, topic) if kind == "bag" else read_folder_frames(path)
+
+
+def load_references(
+    path: str | Path,
+    model_id: str,
+    embed: Callable[[list[np.ndarray]], np.ndarray],
+    topic: str | None = None,
+    top_k: int = DEFAULT_TOP_K,
+) -> ReferenceSet:
+    """A saved set (checked against `model_id`), or frames of a folder / bag embedded with `embed` (the engine's
+    scoring pass: `lambda frames: np.stack([s.embedding for s in engine.score(frames)])`)."""
+    if source_kind(path) == "set":
+        return ReferenceSet.load(path, model_id)
+    items = read_source_frames(path, topic)
+    try:
+        emb = np.concatenate([embed([f for f, _ in items[i : i + 16]]) for i in range(0, len(items), 16)])
+    except ValueError as e:  # preprocess.FrameError is a ValueError: a frame the model cannot take
+        raise ReferenceError(f"reference source {path}: a frame cannot be scored: {e}") from None
+    return ReferenceSet(model_id, emb, [m for _, m in items], top_k)
+
+
+def combine(artifact_score: float, view_score: float) -> float:
+    """QualityScore.score: artifact_score alone without references (view NaN), else their product (both must be
+    high; documented in QualityScore.msg)."""
+    if math.isnan(view_score):
+        return float(artifact_score)
+    return float(artifact_score) * float(view_score)
