@@ -17,7 +17,7 @@ import logging
 import shutil
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 from benchmarks import engine_bench, node_bench
@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     out_path = args.out or RESULTS / ("quick.json" if args.quick else "latest.json")
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
-    started = datetime.now(UTC)
+    started = datetime.now(timezone.utc)
     res: dict = {
         "command": " ".join([".venv/bin/python -m benchmarks.run", *(argv if argv is not None else sys.argv[1:])]),
         "started_utc": started.isoformat(timespec="seconds"),
@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in sections:
             ts = time.perf_counter()
-            print(f"[{datetime.now(UTC):%H:%M:%S}] section {name} (load {load_average()})", flush=True)
+            print(f"[{datetime.now(timezone.utc):%H:%M:%S}] section {name} (load {load_average()})", flush=True)
             if name == "engine":
                 res["engine"] = section_engine(args, frames, tmp)
             elif name == "node":
