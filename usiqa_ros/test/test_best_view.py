@@ -69,7 +69,7 @@ class Peer(Node):
         self.arrivals: list[tuple[float, int]] = []  # (monotonic time, stamp)
         self.create_subscription(QualityScore, "quality", self._on_score, 100)
         self.client = BestViewClient(node=self, action_name=f"{ns}/best_view_search", server_timeout=15.0)
-        self._stamp = 1_700_000_000_000_000_000
+        self._stamp = 0
 
     def _on_score(self, m: QualityScore) -> None:
         with self.lock:
@@ -77,8 +77,10 @@ class Peer(Node):
             self.arrivals.append((time.monotonic(), stamp_ns(m.header)))
 
     def next_stamp(self) -> int:
-        self._stamp += 10_000_000
-        return self._stamp
+        """Now on this node's clock (frames stamped before a goal's acceptance would be stale), strictly rising."""
+        with self.lock:
+            self._stamp = max(self._stamp + 1_000_000, self.get_clock().now().nanoseconds)
+            return self._stamp
 
     def feed(self, frames: list[np.ndarray], compressed: bool = False, timeout: float = 15.0) -> list[int]:
         """Publish each frame and wait for its score (lock-step: none skipped). Returns the stamps."""

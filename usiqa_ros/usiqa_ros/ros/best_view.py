@@ -1,32 +1,46 @@
 """Best-view search: the `usiqa_msgs/action/BestViewSearch` action server of the IQA node.
 
-A planner sweeps the probe and asks "tell me the best view you saw; stop me early when one is good enough".
-The server never runs the model: it registers a score listener on the node, which the node's inference
-worker calls after each published QualityScore. The listener only updates the active searches under a lock
-(O(stable_frames) work) and wakes the execute loop through a Condition, so scoring keeps its rate during a
-goal. The execute loop runs on an executor thread (ReentrantCallbackGroup `node.aux_group`, the node is spun
-by a MultiThreadedExecutor) and only waits, publishes feedback and ends the goal.
+A planner sweeps the probe and asks "tell me the best view you saw, and where the probe was; stop me early when a
+good view holds". The server never runs the model: it registers a score listener on the node, which the node's
+inference worker calls after each published QualityScore. The listener only updates the active searches under a
+lock (O(stable_frames) work) and wakes the execute loop through a Condition, so scoring keeps its rate during a
+goal. The execute loop runs on an executor thread (ReentrantCallbackGroup `node.aux_group`, the node is spun by a
+MultiThreadedExecutor): it waits, looks up the pose of a new best frame (non-blocking), publishes feedback and
+ends the goal.
 
 Outcomes (result.outcome -> goal status):
-  REACHED_TARGET -> SUCCEEDED  a frame's (stable) score >= target_score (target_score 0 = never)
+  REACHED_TARGET -> SUCCEEDED  scores held >= target_score over min_hold (target_score 0 = never)
   TIMEOUT        -> SUCCEEDED  the timeout expired with at least one frame scored; best_* = best so far
   NO_IMAGES      -> ABORTED    no scored frame within no_image_grace_s (or before the timeout)
   CANCELED       -> CANCELED   the client canceled; best_* = best so far
   PREEMPTED      -> ABORTED    a newer goal replaced this one (goal_policy = preempt)
   OUTCOME_UNKNOWN-> ABORTED    the node was deactivated while the goal ran
 
-A search starts when its goal is accepted (in the goal callback, before the client hears "accepted"), so no
-frame scored after acceptance is missed.
+Time: the goal's timeout, min_hold, the no-image grace period, the feedback rate and `elapsed` are on the node's
+clock (rclpy Time/Duration), so with use_sim_time:=true and a /clock (simulator, `ros2 bag play --clock`) they are
+in simulated time. The execute loop waits on a Condition at most _MAX_WAIT_S of wall time at once and a clock
+jump callback wakes it as soon as simulated time reaches its next deadline, however fast /clock runs. Only
+internal housekeeping (reservation expiry, cancel latency statistics, shutdown waits) uses the wall clock.
 
-Stability (stable_frames = N): a frame's stable score is the minimum score over the last N scored frames
-(itself included), i.e. the quality the view held for N consecutive scored frames. The best frame is the
-frame with the lowest score in the best such window, so best.score is always the score of best.header's frame.
-N = 1 is the plain maximum.
+Stale frames: frames whose header.stamp is earlier than the goal's min_stamp (zero = the goal's acceptance time on
+the node's clock) are ignored: counted, never scored into the search.
+
+Stability (stable_frames = N): a frame's stable score is the minimum score over the last N scored frames (itself
+included). The best frame is the frame with the lowest score in the best such window, so best.score is always the
+score of best.header's frame. N = 1 is the plain maximum.
+
+Hold (min_hold): a run is a stretch of consecutive scored frames each >= target_score. The goal reaches its target
+once a run has at least N frames and its header stamps span at least min_hold; `best` is then the best frame (as
+above) of that run, not a higher one-frame spike seen earlier.
+
+Pose: with the `pose_frame` parameter set and tf2_ros importable, the server listens to TF and, for each frame
+that becomes best, looks up pose_frame <- probe frame (`probe_frame`, or the frame's header.frame_id) at the
+frame's header.stamp, waiting at most POSE_WAIT on the node's clock for TF to reach that stamp. Lookups never run
+on the scoring path.
 """
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections import deque
@@ -34,9 +48,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from builtin_interfaces.msg import Duration
+from geometry_msgs.msg import PoseStamped
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.action.server import ServerGoalHandle
+from rclpy.clock import ClockChange, JumpThreshold, TimeJump
+from rclpy.duration import Duration
+from rclpy.time import Time
 from sensor_msgs.msg import Image
 from usiqa_msgs.action import BestViewSearch
 from usiqa_msgs.msg import QualityScore
@@ -50,15 +67,34 @@ ACTION_NAME = "best_view_search"
 Result = BestViewSearch.Result
 GOAL_POLICIES = ("preempt", "reject")
 # Longest a search may wait for its execute callback before its reservation is dropped (a goal whose handle
-# could not be created never gets one).
+# could not be created never gets one). Wall clock: housekeeping, not part of the goal's semantics.
 _RESERVATION_TTL_S = 10.0
-# Longest the execute loop sleeps between two checks; cancel, preemption and frames wake it at once.
+# Longest the execute loop sleeps (wall time) between two checks; cancel, preemption, frames and, under sim time,
+# the clock reaching a deadline wake it at once.
 _MAX_WAIT_S = 0.1
+# Longest wait, on the node's clock, for TF to reach a best frame's stamp (TF arrives shortly after the frame).
+POSE_WAIT = Duration(seconds=0.5)
+# How often (wall) a pending pose lookup is retried, and the wall-time cap of the final wait (a paused /clock).
+_POSE_POLL_S = 0.02
+_POSE_WALL_CAP_S = 2.0
+# TF history kept by the server's buffer: poses are looked up when a frame becomes best, well within this.
+TF_CACHE = Duration(seconds=30.0)
+_NEVER = 2**63 - 1
+
+
+def import_tf2() -> tuple[Any, str]:
+    """The tf2_ros module, or None and why it cannot be imported. tf2_ros has no PyPI wheel: it comes from a ROS
+    install or the project's underlay (scripts/setup_underlay.sh), so it is optional."""
+    try:
+        import tf2_ros
+    except ImportError as e:
+        return None, f"tf2_ros cannot be imported ({e})"
+    return tf2_ros, ""
 
 
 @dataclass
 class BestViewConfig:
-    """The `best_view.*` node parameters (read-only: set them at start-up)."""
+    """The `best_view.*`, `pose_frame` and `probe_frame` node parameters (read-only: set them at start-up)."""
 
     enabled: bool = True
     goal_policy: str = "preempt"
@@ -66,6 +102,8 @@ class BestViewConfig:
     no_image_grace_s: float = 2.0
     stable_frames: int = 1
     default_timeout_s: float = 10.0
+    pose_frame: str = ""
+    probe_frame: str = ""
 
     def __post_init__(self) -> None:
         if self.goal_policy not in GOAL_POLICIES:
@@ -78,76 +116,157 @@ class BestViewConfig:
             raise ValueError(f"best_view.stable_frames must be >= 1, not {self.stable_frames}")
         if not self.default_timeout_s > 0:
             raise ValueError(f"best_view.default_timeout_s must be > 0 s, not {self.default_timeout_s}")
+        for name in ("pose_frame", "probe_frame"):
+            if getattr(self, name).startswith("/"):
+                raise ValueError(f"{name} must not start with '/' (tf2 frame ids have none): {getattr(self, name)!r}")
 
     @classmethod
     def from_node(cls, node: Any) -> BestViewConfig:
-        """Read (and validate: ValueError) the `best_view.*` parameters of `node`."""
+        """Read (and validate: ValueError) the parameters of `node`; called at configure, where it also says
+        once whether poses are available."""
         p = node.get_parameter
-        return cls(
+        cfg = cls(
             enabled=bool(p("best_view.enabled").value),
             goal_policy=str(p("best_view.goal_policy").value),
             feedback_rate=float(p("best_view.feedback_rate").value),
             no_image_grace_s=float(p("best_view.no_image_grace_s").value),
             stable_frames=int(p("best_view.stable_frames").value),
             default_timeout_s=float(p("best_view.default_timeout_s").value),
+            pose_frame=str(p("pose_frame").value),
+            probe_frame=str(p("probe_frame").value),
         )
+        if cfg.enabled:
+            _, why = import_tf2()
+            log = node.get_logger()
+            if why and cfg.pose_frame:
+                log.warning(f"best-view poses unavailable: {why}; best_pose stays empty (pose_frame {cfg.pose_frame})")
+            elif why:
+                log.info(f"best-view poses unavailable: {why} (pose_frame is empty: poses off anyway)")
+        return cfg
 
 
-def duration_s(d: Duration) -> float:
-    return d.sec + d.nanosec * 1e-9
+def _stamp_ns(stamp: Any) -> int:
+    return Time.from_msg(stamp).nanoseconds
 
 
-def to_duration(seconds: float) -> Duration:
-    ns = max(0, round(seconds * 1e9))
-    return Duration(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
-
-
-@dataclass
+@dataclass(eq=False)
 class _Candidate:
     """A scored frame. `payload` is the source Image (kept by reference) or, for a CompressedImage source, the
-    decoded frame array; None unless the goal asked for the image."""
+    decoded frame array; None unless the goal asked for the image. The pose fields are written only by the
+    execute loop (never by the listener)."""
 
     score: QualityScore
+    stamp_ns: int
     payload: Any = None
+    pose: PoseStamped | None = None
+    pose_error: str = ""  # why there is no pose (set once the lookup gave up)
+    pose_deadline_ns: int = -1  # node clock; set at the first lookup
+
+    @property
+    def pose_pending(self) -> bool:
+        return self.pose is None and not self.pose_error
 
 
 @dataclass(eq=False)  # identity: two searches are never "equal"
 class _Search:
-    """State of one goal. Mutated only under BestViewServer._cond."""
+    """State of one goal. Mutated only under BestViewServer._cond. Times in nanoseconds: started_ns and wake_ns
+    on the node's clock, the others are header stamps or durations."""
 
     goal: Any  # BestViewSearch.Goal; also keeps id(goal) unique while reserved
     target: float
-    timeout_s: float
     stable_frames: int
-    started: float = field(default_factory=time.monotonic)
+    started_ns: int
+    timeout_ns: int
+    min_stamp_ns: int
+    min_hold_ns: int = 0
+    reserved_at: float = field(default_factory=time.monotonic)  # wall: reservation expiry only
     window: deque = field(default_factory=deque)
     frames: int = 0
+    stale: int = 0  # frames stamped before min_stamp, ignored
     current: QualityScore | None = None
     best: _Candidate | None = None
+    run_len: int = 0  # frames in the current run of scores >= target
+    run_start_ns: int = 0
+    run_last_ns: int = 0
+    run_best: _Candidate | None = None
+    held_ns: int = 0  # stamp span of the run that reached the target
     reached: bool = False
     closed: bool = False  # no more frames are taken (outcome decided)
     cancel_requested: bool = False
-    cancel_at: float = 0.0  # monotonic time of the cancel callback
+    cancel_at: float = 0.0  # monotonic time of the cancel callback (latency statistics)
     preempted: bool = False
     shutdown: bool = False
+    wake_ns: int = _NEVER  # the execute loop's next deadline (the clock jump callback wakes it then)
 
-    def add(self, score: QualityScore, source: Any, frame: np.ndarray) -> None:
+    def add(self, score: QualityScore, payload: Any = None) -> None:
+        stamp = _stamp_ns(score.header.stamp)
+        if stamp < self.min_stamp_ns:
+            self.stale += 1
+            return
         self.frames += 1
         self.current = score
-        payload = None
-        if self.goal.return_image:
-            payload = source if isinstance(source, Image) else frame
-        self.window.append(_Candidate(score, payload))
+        self.window.append(_Candidate(score, stamp, payload))
         if len(self.window) > self.stable_frames:
             self.window.popleft()
-        if len(self.window) < self.stable_frames:
-            return
-        weakest = min(self.window, key=lambda c: c.score.score)
-        if self.best is None or weakest.score.score > self.best.score.score:
+        weakest = min(self.window, key=lambda c: c.score.score) if len(self.window) == self.stable_frames else None
+        if weakest is not None and (self.best is None or weakest.score.score > self.best.score.score):
             self.best = weakest
-        if self.target > 0 and weakest.score.score >= self.target:
+        if self.target <= 0:
+            return
+        if score.score < self.target:
+            self.run_len, self.run_best = 0, None
+            return
+        if self.run_len == 0 or stamp < self.run_last_ns:  # a new run (a stamp going back starts over)
+            self.run_len, self.run_start_ns, self.run_best = 0, stamp, None
+        self.run_len += 1
+        self.run_last_ns = stamp
+        if self.run_len < self.stable_frames or weakest is None:
+            return
+        # The window lies inside the run: its weakest frame is a candidate for the run's best.
+        if self.run_best is None or weakest.score.score > self.run_best.score.score:
+            self.run_best = weakest
+        if stamp - self.run_start_ns >= self.min_hold_ns:
+            self.best = self.run_best
+            self.held_ns = stamp - self.run_start_ns
             self.reached = True
             self.closed = True
+
+
+class PoseSource:
+    """Probe poses from TF: pose_frame <- probe frame at a frame's stamp, looked up without blocking."""
+
+    def __init__(self, tf2_ros: Any, node: Any, pose_frame: str, probe_frame: str) -> None:
+        self._tf2 = tf2_ros
+        self._node = node
+        self.pose_frame = pose_frame
+        self.probe_frame = probe_frame
+        # node= puts the buffer on the node's clock (cleared when sim time jumps back, e.g. a looping bag).
+        self.buffer = tf2_ros.Buffer(cache_time=TF_CACHE, node=node)
+        self.listener = tf2_ros.TransformListener(self.buffer, node)
+
+    def describe(self) -> str:
+        return f"{self.pose_frame} <- {self.probe_frame or 'image header.frame_id'}"
+
+    def lookup(self, header: Any) -> tuple[PoseStamped | None, str, bool]:
+        """(pose, "", _) or (None, why, final). Not final: TF may still arrive (retry until the deadline)."""
+        source = self.probe_frame or header.frame_id
+        if not source:
+            return None, "the best frame has no header.frame_id (set the probe_frame parameter)", True
+        try:
+            tf = self.buffer.lookup_transform_core(self.pose_frame, source, Time.from_msg(header.stamp))
+        except self._tf2.TransformException as e:
+            return None, f"no TF {self.pose_frame} <- {source} at the best frame's stamp: {e}".rstrip(), False
+        ps = PoseStamped()
+        ps.header.stamp, ps.header.frame_id = header.stamp, self.pose_frame
+        t = tf.transform.translation
+        ps.pose.position.x, ps.pose.position.y, ps.pose.position.z = t.x, t.y, t.z
+        ps.pose.orientation = tf.transform.rotation
+        return ps, "", True
+
+    def destroy(self) -> None:
+        self.listener.unregister()
+        self.buffer.jump_handle.unregister()
+        self._node.destroy_service(self.buffer.srv)
 
 
 class BestViewServer:
@@ -158,7 +277,9 @@ class BestViewServer:
     def __init__(self, node: IqaNode, config: BestViewConfig) -> None:
         self.node = node
         self.config = config
+        self._clock = node.get_clock()
         self._cond = threading.Condition()
+        self._seq = 0  # bumped with every notify: the execute loop never misses a wake-up between two waits
         self._searches: list[_Search] = []  # accepted and not finished (they receive frames unless closed)
         self._reserved: dict[int, _Search] = {}  # accepted, waiting for their execute callback
         self._executing = 0
@@ -166,6 +287,24 @@ class BestViewServer:
         # Seconds from the cancel callback to the goal's CANCELED state, last 100 cancels (benchmarks read it).
         self.cancel_latencies: deque[float] = deque(maxlen=100)
         self._log = node.get_logger().get_child("best_view")
+        self._grace_ns = Duration(seconds=config.no_image_grace_s).nanoseconds
+        self._default_timeout_ns = Duration(seconds=config.default_timeout_s).nanoseconds
+        self._poses: PoseSource | None = None
+        self._no_pose_reason = "poses off (the pose_frame parameter is empty)"
+        if config.pose_frame:
+            tf2_ros, why = import_tf2()
+            self._no_pose_reason = f"poses unavailable: {why}"
+            if tf2_ros is not None:
+                try:
+                    self._poses = PoseSource(tf2_ros, node, config.pose_frame, config.probe_frame)
+                except Exception as e:  # noqa: BLE001 - no TF must not mean no best-view search
+                    self._no_pose_reason = f"poses unavailable: TF listener failed ({type(e).__name__}: {e})"
+                    self._log.error(self._no_pose_reason)
+        # Under sim time, wake the execute loop when /clock passes its deadline (every forward step is reported).
+        self._jump_handle = self._clock.create_jump_callback(
+            JumpThreshold(min_forward=Duration(nanoseconds=1), min_backward=Duration(nanoseconds=-1)),
+            post_callback=self._on_clock_jump,
+        )
         self._server = ActionServer(
             node,
             BestViewSearch,
@@ -175,11 +314,26 @@ class BestViewServer:
             cancel_callback=self._on_cancel,
             callback_group=node.aux_group,
         )
+        poses = f"poses {self._poses.describe()}" if self._poses else self._no_pose_reason.split(":")[0]
         self._log.info(
             f"action {ACTION_NAME}: goal_policy {config.goal_policy}, feedback {config.feedback_rate:g} Hz, "
             f"no-image grace {config.no_image_grace_s:g} s, stable_frames {config.stable_frames}, "
-            f"default timeout {config.default_timeout_s:g} s"
+            f"default timeout {config.default_timeout_s:g} s, {poses}"
         )
+
+    def _now_ns(self) -> int:
+        return self._clock.now().nanoseconds
+
+    def _notify(self) -> None:
+        """Wake the execute loops. Call under the lock."""
+        self._seq += 1
+        self._cond.notify_all()
+
+    def _on_clock_jump(self, jump: TimeJump) -> None:
+        now = self._now_ns()
+        with self._cond:
+            if jump.clock_change != ClockChange.ROS_TIME_NO_CHANGE or any(s.wake_ns <= now for s in self._searches):
+                self._notify()
 
     # ------------------------------------------------------------ listener (inference worker thread)
     def _on_score(self, score: QualityScore, source: Any, frame: np.ndarray) -> None:
@@ -188,26 +342,28 @@ class BestViewServer:
                 return
             for s in self._searches:
                 if not s.closed:
-                    s.add(score, source, frame)
-            self._cond.notify_all()
+                    payload = (source if isinstance(source, Image) else frame) if s.goal.return_image else None
+                    s.add(score, payload)
+            self._notify()
 
     # ------------------------------------------------------------ action callbacks (executor threads)
     def _on_goal(self, goal: Any) -> GoalResponse:
         target = float(goal.target_score)
-        timeout_s = duration_s(goal.timeout)
         if not 0.0 <= target <= 1.0:  # NaN fails too
             self._log.warning(f"goal rejected: target_score {target} not in [0, 1] (0 = no early stop)")
             return GoalResponse.REJECT
-        if goal.timeout.sec < 0 or timeout_s < 0:
-            self._log.warning(f"goal rejected: negative timeout {timeout_s} s")
-            return GoalResponse.REJECT
+        timeout, min_hold = Duration.from_msg(goal.timeout), Duration.from_msg(goal.min_hold)
+        for name, d in (("timeout", timeout), ("min_hold", min_hold)):
+            if d.nanoseconds < 0:
+                self._log.warning(f"goal rejected: negative {name} {d.nanoseconds * 1e-9:g} s")
+                return GoalResponse.REJECT
         with self._cond:
             if not self._active:
                 self._log.warning("goal rejected: the node is not active")
                 return GoalResponse.REJECT
-            now = time.monotonic()
+            wall = time.monotonic()
             for key, s in list(self._reserved.items()):
-                if now - s.started > _RESERVATION_TTL_S:
+                if wall - s.reserved_at > _RESERVATION_TTL_S:
                     del self._reserved[key]
                     self._searches.remove(s)
             active = [s for s in self._searches if not s.closed]  # closed = outcome decided, ending now
@@ -217,15 +373,19 @@ class BestViewServer:
             for s in active:
                 s.preempted = True
                 s.closed = True
+            now = self._now_ns()
             search = _Search(
                 goal=goal,
                 target=target,
-                timeout_s=timeout_s if timeout_s > 0 else self.config.default_timeout_s,
                 stable_frames=self.config.stable_frames,
+                started_ns=now,
+                timeout_ns=timeout.nanoseconds or self._default_timeout_ns,
+                min_stamp_ns=_stamp_ns(goal.min_stamp) or now,
+                min_hold_ns=min_hold.nanoseconds,
             )
             self._searches.append(search)
             self._reserved[id(goal)] = search
-            self._cond.notify_all()
+            self._notify()
         return GoalResponse.ACCEPT
 
     def _on_cancel(self, goal_handle: ServerGoalHandle) -> CancelResponse:
@@ -236,7 +396,7 @@ class BestViewServer:
             search.cancel_requested = True
             search.cancel_at = time.monotonic()
             search.closed = True
-            self._cond.notify_all()
+            self._notify()
         return CancelResponse.ACCEPT
 
     def _execute(self, goal_handle: ServerGoalHandle) -> Any:
@@ -248,74 +408,118 @@ class BestViewServer:
             goal_handle.abort()
             return Result(outcome=Result.OUTCOME_UNKNOWN, message="goal expired before it could run")
         try:
-            outcome, message = self._run(goal_handle, search)
-            return self._finish(goal_handle, search, outcome, message)
+            outcome, message, elapsed_ns = self._run(goal_handle, search)
+            return self._finish(goal_handle, search, outcome, message, elapsed_ns)
         finally:
             with self._cond:
                 if search in self._searches:
                     self._searches.remove(search)
                 self._executing -= 1
-                self._cond.notify_all()
+                self._notify()
 
     # ------------------------------------------------------------ execute loop
-    def _outcome(self, s: _Search, now: float) -> tuple[int, str] | None:
-        """The goal's outcome if it is decided at `now`, else None. Called under the lock."""
+    def _outcome(self, s: _Search, now_ns: int) -> tuple[int, str] | None:
+        """The goal's outcome if it is decided at `now_ns` (node clock), else None. Called under the lock."""
+        stale = f"; {s.stale} frames stamped before min_stamp ignored" if s.stale else ""
         if s.cancel_requested:
-            return Result.CANCELED, "canceled by the client"
+            return Result.CANCELED, "canceled by the client" + stale
         if s.shutdown:
             return Result.OUTCOME_UNKNOWN, "the node was deactivated"
         if s.preempted:
             return Result.PREEMPTED, "preempted by a newer goal (goal_policy preempt)"
         if s.reached:
-            return Result.REACHED_TARGET, f"score {s.best.score.score:.3f} >= target {s.target:.3f}"
-        elapsed = now - s.started
-        if s.frames == 0 and (elapsed >= self.config.no_image_grace_s or elapsed >= s.timeout_s):
-            return Result.NO_IMAGES, f"no scored frame within {min(elapsed, self.config.no_image_grace_s):.2f} s"
-        if elapsed >= s.timeout_s:
+            held = f" held over {s.held_ns * 1e-9:.2f} s of stamps" if s.min_hold_ns else ""
+            return Result.REACHED_TARGET, f"score {s.best.score.score:.3f} >= target {s.target:.3f}{held}" + stale
+        elapsed = now_ns - s.started_ns
+        if s.frames == 0 and (elapsed >= self._grace_ns or elapsed >= s.timeout_ns):
+            waited = min(elapsed, self._grace_ns) * 1e-9
+            return Result.NO_IMAGES, f"no scored frame within {waited:.2f} s" + stale
+        if elapsed >= s.timeout_ns:
             best = f"best score {s.best.score.score:.3f}" if s.best else "no stable frame yet"
-            return Result.TIMEOUT, f"timeout {s.timeout_s:g} s after {s.frames} frames, {best}"
+            return Result.TIMEOUT, f"timeout {s.timeout_ns * 1e-9:g} s after {s.frames} frames, {best}" + stale
         return None
 
-    def _run(self, goal_handle: ServerGoalHandle, s: _Search) -> tuple[int, str]:
+    def _run(self, goal_handle: ServerGoalHandle, s: _Search) -> tuple[int, str, int]:
+        """Wait for the outcome, publishing feedback; returns (outcome, message, elapsed ns on the node clock)."""
         rate = self.config.feedback_rate
-        period = 1.0 / rate if rate > 0 else math.inf
-        last_fb_t = -math.inf
+        period_ns = Duration(seconds=1.0 / rate).nanoseconds if rate > 0 else _NEVER
+        last_fb_ns = -_NEVER
         last_fb_frames = 0
         while True:
             feedback = None
             with self._cond:
-                now = time.monotonic()
+                now = self._now_ns()
                 decided = self._outcome(s, now)
                 if decided is not None:
                     s.closed = True
-                    return decided
-                if s.frames > last_fb_frames and now - last_fb_t >= period:
+                    return decided[0], decided[1], now - s.started_ns
+                seq, best = self._seq, s.best
+                if s.frames > last_fb_frames and now - last_fb_ns >= period_ns:
                     feedback = BestViewSearch.Feedback(
-                        current=s.current, best=s.best.score if s.best else QualityScore(), frames_evaluated=s.frames
+                        current=s.current, best=best.score if best else QualityScore(), frames_evaluated=s.frames
                     )
-                    last_fb_frames, last_fb_t = s.frames, now
-                else:
-                    wake = s.started + s.timeout_s
-                    if s.frames == 0:
-                        wake = min(wake, s.started + self.config.no_image_grace_s)
-                    if s.frames > last_fb_frames:
-                        wake = min(wake, last_fb_t + period)
-                    self._cond.wait(min(max(wake - now, 0.0), _MAX_WAIT_S))
+                    last_fb_frames, last_fb_ns = s.frames, now
+            pending = self._poses is not None and best is not None and best.pose_pending
+            if pending:
+                self._resolve_pose(best, now)
             if feedback is not None:
+                if best is not None and best.pose is not None:
+                    feedback.best_pose = best.pose
                 goal_handle.publish_feedback(feedback)
+                continue
+            with self._cond:
+                wake = s.started_ns + s.timeout_ns
+                if s.frames == 0:
+                    wake = min(wake, s.started_ns + self._grace_ns)
+                if s.frames > last_fb_frames:
+                    wake = min(wake, last_fb_ns + period_ns)
+                s.wake_ns = wake
+                if self._seq == seq:  # nothing happened since the check above
+                    wait_s = min(max(wake - now, 0) * 1e-9, _MAX_WAIT_S)
+                    self._cond.wait(min(wait_s, _POSE_POLL_S) if pending and best.pose_pending else wait_s)
 
-    def _finish(self, goal_handle: ServerGoalHandle, s: _Search, outcome: int, message: str) -> Any:
+    def _resolve_pose(self, c: _Candidate, now_ns: int) -> None:
+        """One non-blocking lookup of a best frame's pose; gives up after POSE_WAIT (node clock)."""
+        assert self._poses is not None
+        if c.pose_deadline_ns < 0:
+            c.pose_deadline_ns = now_ns + POSE_WAIT.nanoseconds
+        pose, why, final = self._poses.lookup(c.score.header)
+        if pose is not None:
+            c.pose = pose
+        elif final or now_ns >= c.pose_deadline_ns:
+            c.pose_error = why if final else f"{why} (waited {POSE_WAIT.nanoseconds * 1e-9:g} s)"
+
+    def _final_pose(self, c: _Candidate) -> tuple[PoseStamped | None, str]:
+        """The best frame's pose, waiting for TF at most POSE_WAIT on the node's clock (and a wall-time cap, so a
+        paused /clock cannot hold the result)."""
+        if self._poses is None:
+            return None, self._no_pose_reason
+        wall_end = time.monotonic() + POSE_WAIT.nanoseconds * 1e-9 + _POSE_WALL_CAP_S
+        while True:
+            self._resolve_pose(c, self._now_ns())
+            if not c.pose_pending:
+                return c.pose, c.pose_error
+            if time.monotonic() > wall_end:
+                return None, f"TF did not reach the best frame's stamp within {_POSE_WALL_CAP_S:g} s of wall time"
+            time.sleep(_POSE_POLL_S)
+
+    def _finish(self, goal_handle: ServerGoalHandle, s: _Search, outcome: int, message: str, elapsed_ns: int) -> Any:
         result = Result(outcome=outcome, message=message, frames_evaluated=s.frames)
-        result.elapsed = to_duration(time.monotonic() - s.started)
+        result.elapsed = Duration(nanoseconds=elapsed_ns).to_msg()
         if s.best is not None:
             result.best = s.best.score
+            pose, why = self._final_pose(s.best)
+            if pose is not None:
+                result.best_pose = pose
+            else:
+                result.message += f"; best_pose empty: {why}"
             payload = s.best.payload
             if isinstance(payload, Image):
                 result.best_image = payload
             elif isinstance(payload, np.ndarray):
                 result.best_image = array_to_image(payload, Image)
                 result.best_image.header = s.best.score.header
-        s.best = None
+        s.best = s.run_best = None
         s.window.clear()
         if outcome == Result.CANCELED:
             # The cancel callback returns before rclpy moves the goal to CANCELING: wait for that transition.
@@ -330,7 +534,7 @@ class BestViewServer:
                 goal_handle.succeed()
             else:
                 goal_handle.abort()
-        text = f"goal ended: {OUTCOME_NAMES.get(outcome, outcome)} ({message})"
+        text = f"goal ended: {OUTCOME_NAMES.get(outcome, outcome)} ({result.message})"
         if outcome in (Result.REACHED_TARGET, Result.TIMEOUT, Result.CANCELED):
             self._log.info(text)  # rclpy forbids two severities at one call site
         else:
@@ -358,7 +562,7 @@ class BestViewServer:
                 s.shutdown = True
                 s.closed = True
             self._reserved.clear()
-            self._cond.notify_all()
+            self._notify()
             deadline = time.monotonic() + wait_s
             while self._executing and time.monotonic() < deadline:
                 self._cond.wait(deadline - time.monotonic())
@@ -366,9 +570,13 @@ class BestViewServer:
         self.node.remove_score_listener(self._on_score)
 
     def destroy(self) -> None:
-        """Deactivate, then remove the action server (node cleanup / shutdown)."""
+        """Deactivate, then remove the action server, the TF listener and the clock callback (cleanup / shutdown)."""
         self.deactivate()
         self._server.destroy()
+        self._jump_handle.unregister()
+        if self._poses is not None:
+            self._poses.destroy()
+            self._poses = None
 
 
 OUTCOME_NAMES = {

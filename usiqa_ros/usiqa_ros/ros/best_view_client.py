@@ -8,8 +8,14 @@ From a planner, in three lines (rclpy initialised, or let the client do it):
 
 `start()` returns a handle instead, for a planner that moves the probe meanwhile and may cancel:
 
-    search = client.start(target_score=0.7, timeout=20.0, feedback=print)
+    search = client.start(target_score=0.7, timeout=20.0, min_hold=0.5, feedback=print)
     ...; search.cancel(); result = search.result()
+    if result.best_pose.header.frame_id:   # empty when the node has no pose_frame / TF (result.message says why)
+        move_probe_to(result.best_pose)    # the probe pose when the best frame was acquired
+
+Times are the node's: `timeout` and `min_hold` in seconds of its clock (simulated time under use_sim_time), frames
+stamped before `min_stamp` (default: the goal's acceptance) are ignored. `result()` waits `timeout` plus
+`server_timeout` seconds of wall time by default; with a /clock slower than real time pass it a longer wait.
 
 Without a node the client makes its own and spins it on a background thread. With `node=` it uses yours, which
 you must spin in an executor on another thread (the client waits on futures, it never spins your node).
@@ -29,12 +35,14 @@ from typing import Any
 import rclpy
 from action_msgs.msg import GoalStatus
 from rclpy.action import ActionClient
+from rclpy.duration import Duration
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.task import Future
+from rclpy.time import Time
 from usiqa_msgs.action import BestViewSearch
 
-from usiqa_ros.ros.best_view import ACTION_NAME, OUTCOME_NAMES, duration_s, to_duration
+from usiqa_ros.ros.best_view import ACTION_NAME, OUTCOME_NAMES
 
 Result = BestViewSearch.Result
 Feedback = BestViewSearch.Feedback
@@ -106,14 +114,23 @@ class BestViewClient:
         timeout: float = 0.0,
         return_image: bool = False,
         feedback: Callable[[Any], None] | None = None,
+        min_hold: float = 0.0,
+        min_stamp: Time | None = None,
     ) -> SearchHandle:
-        """Send a goal and return once it is accepted. timeout 0 = the server's default; target 0 = no early
-        stop. `feedback` is called with each BestViewSearch.Feedback (on the spinning thread)."""
+        """Send a goal and return once it is accepted. timeout (s) 0 = the server's default; target 0 = no early
+        stop; min_hold (s): the target must hold over frames spanning this long; min_stamp: ignore frames stamped
+        earlier (None = the goal's acceptance time on the node's clock). `feedback` is called with each
+        BestViewSearch.Feedback (on the spinning thread)."""
         if not self._client.wait_for_server(timeout_sec=self.server_timeout):
             raise BestViewError(f"action server {self.action_name!r} not available within {self.server_timeout} s")
         goal = BestViewSearch.Goal(
-            target_score=float(target_score), timeout=to_duration(timeout), return_image=bool(return_image)
+            target_score=float(target_score),
+            timeout=Duration(seconds=timeout).to_msg(),
+            return_image=bool(return_image),
+            min_hold=Duration(seconds=min_hold).to_msg(),
         )
+        if min_stamp is not None:
+            goal.min_stamp = min_stamp.to_msg()
         fb = (lambda m: feedback(m.feedback)) if feedback is not None else None
         goal_handle = _wait(self._client.send_goal_async(goal, feedback_callback=fb), self.server_timeout, "goal")
         if not goal_handle.accepted:
@@ -150,17 +167,29 @@ def format_feedback(fb: Any) -> str:
     )
 
 
+def format_pose(ps: Any) -> str:
+    """geometry_msgs/PoseStamped as one line: position (m) and quaternion (x, y, z, w) in its frame."""
+    p, q = ps.pose.position, ps.pose.orientation
+    return (
+        f"{ps.header.frame_id}: xyz ({p.x:+.4f}, {p.y:+.4f}, {p.z:+.4f}) m  "
+        f"q ({q.x:+.4f}, {q.y:+.4f}, {q.z:+.4f}, {q.w:+.4f})"
+    )
+
+
 def format_result(result: Any) -> str:
     b = result.best
+    elapsed = Duration.from_msg(result.elapsed).nanoseconds * 1e-9
     lines = [
         f"outcome   {OUTCOME_NAMES.get(result.outcome, result.outcome)}: {result.message}",
-        f"frames    {result.frames_evaluated} in {duration_s(result.elapsed):.2f} s",
+        f"frames    {result.frames_evaluated} in {elapsed:.2f} s (node clock)",
     ]
     if b.grade:
         lines.append(
             f"best      score {b.score:.3f} grade {b.grade} stamp {b.header.stamp.sec}.{b.header.stamp.nanosec:09d} "
             f"frame_id {b.header.frame_id}"
         )
+    if result.best_pose.header.frame_id:
+        lines.append(f"pose      {format_pose(result.best_pose)}")
     if result.best_image.data:
         lines.append(f"image     {result.best_image.width}x{result.best_image.height} {result.best_image.encoding}")
     return "\n".join(lines)
@@ -172,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Run one best-view search against iqa_node and print the result.")
     ap.add_argument("--target", type=float, default=0.0, help="stop early at this score in [0, 1]; 0 = never")
     ap.add_argument("--timeout", type=float, default=0.0, help="seconds; 0 = the server's default_timeout_s")
+    ap.add_argument("--min-hold", type=float, default=0.0, help="seconds the score must hold >= --target; 0 = one frame")
     ap.add_argument("--return-image", action="store_true", help="ask for the best frame's image")
     ap.add_argument("--save", default="", help="write the returned image to this file (implies --return-image)")
     ap.add_argument("--action", default=ACTION_NAME, help="action name (namespace it if the node is namespaced)")
@@ -185,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.timeout,
                 args.return_image or bool(args.save),
                 feedback=lambda f: print(format_feedback(f), flush=True),
+                min_hold=args.min_hold,
             )
             print(f"[goal] accepted after {time.monotonic() - t0:.2f} s", flush=True)
             try:

@@ -194,6 +194,8 @@ class IqaNode(LifecycleNode):
         p("best_view.no_image_grace_s", 2.0, "A goal ends NO_IMAGES when no frame is scored within this many seconds.")
         p("best_view.stable_frames", 1, "A view counts with the lowest score of N consecutive scored frames.")
         p("best_view.default_timeout_s", 10.0, "Search timeout in seconds when the goal's timeout is 0.")
+        p("pose_frame", "", "Best-view poses: TF frame of best_pose (e.g. world, base_link); empty = no poses. Needs tf2_ros.")
+        p("probe_frame", "", "Best-view poses: the probe's TF frame; empty = the image's header.frame_id.")
 
     def _on_set_parameters(self, params: list[rclpy.Parameter]) -> SetParametersResult:
         crop = next((p.value for p in params if p.name == "crop"), None)
