@@ -96,7 +96,8 @@ def bench_action(cancels: int, rate: float = 8.0, window: float = 4.0, rounds: i
     def stream() -> None:
         i, nxt = 0, time.monotonic()
         while not stop.is_set():
-            pub.publish(image_msg(frames[i % len(frames)], 10**18 + i))
+            # stamped now: the server ignores frames stamped before a goal's acceptance (min_stamp)
+            pub.publish(image_msg(frames[i % len(frames)], peer.get_clock().now().nanoseconds))
             i += 1
             nxt += 1.0 / rate
             time.sleep(max(0.0, nxt - time.monotonic()))
