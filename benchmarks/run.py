@@ -31,6 +31,7 @@ from benchmarks.common import (
     temp_dir,
 )
 from usiqa_ros.core.checkpoint import DEFAULT_CHECKPOINT
+from usiqa_ros.core.safe_io import atomic_write_text
 
 TARGETS = {
     "lite_speedup_batch1": 2.5,
@@ -229,10 +230,7 @@ def markdown(res: dict) -> str:
 
 
 def write_json(path: Path, res: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(res, indent=1) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(res, indent=1) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

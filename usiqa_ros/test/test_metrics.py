@@ -20,7 +20,7 @@ def test_classification_metrics_match_sklearn() -> None:
     assert m.macro_f1(Y_TRUE, Y_PRED) == pytest.approx(skm.f1_score(Y_TRUE, Y_PRED, average="macro"))
     cm = m.confusion_matrix(Y_TRUE, Y_PRED, labels)
     np.testing.assert_array_equal(cm, skm.confusion_matrix(Y_TRUE, Y_PRED, labels=labels))
-    rates = m.per_class_rates(cm)
+    rates = m.per_class_rates(Y_TRUE, Y_PRED, labels)
     np.testing.assert_allclose(rates["sensitivity"], skm.recall_score(Y_TRUE, Y_PRED, average=None, labels=labels))
     np.testing.assert_allclose(rates["precision"], skm.precision_score(Y_TRUE, Y_PRED, average=None, labels=labels))
     # Specificity of class c = recall of "not c" in the one-vs-rest problem.
@@ -54,4 +54,7 @@ def test_weak_view_consistency_and_report() -> None:
     assert rep["confusion_matrix"] == skm.confusion_matrix(Y_TRUE, Y_PRED).tolist()
     assert rep["per_class"]["3"]["support"] == 4
     with pytest.raises(ValueError, match="not in labels"):
-        m.confusion_matrix([1, 7], [1, 1], [1, 2])
+        m.confusion_matrix([1, 7], [1, 1], [1, 2])  # sklearn would drop the 7 silently
+    # a grade absent from both sides still gets its row and a defined (zero) F1, as in the node's 5-grade report
+    rates = m.per_class_rates([1, 2], [1, 1], [1, 2, 3])
+    assert rates["f1"].tolist() == pytest.approx([2 / 3, 0.0, 0.0]) and rates["specificity"][2] == 1.0

@@ -6,7 +6,14 @@ import os
 
 import pytest
 
-from usiqa_ros.core.safe_io import PathError, atomic_open, atomic_write_text, check_input_file, check_output_path
+from usiqa_ros.core.safe_io import (
+    PathError,
+    atomic_dir,
+    atomic_open,
+    atomic_write_text,
+    check_input_file,
+    check_output_path,
+)
 
 
 def test_output_path_refusals(tmp_path):
@@ -57,3 +64,25 @@ def test_atomic_write_keeps_old_content_on_crash(tmp_path):
         f.write("a")
         assert not (tmp_path / "new.csv").exists()  # invisible until complete
     assert (tmp_path / "new.csv").read_text() == "a"
+
+
+def test_atomic_dir_replaces_only_on_success_and_when_asked(tmp_path):
+    bag = tmp_path / "scores_bag"
+    with atomic_dir(bag) as tmp:
+        tmp.mkdir()
+        (tmp / "v1.db3").write_text("1")
+        assert not bag.exists()  # invisible until complete
+    assert os.listdir(bag) == ["v1.db3"]
+    with pytest.raises(PathError, match="exists already"):
+        with atomic_dir(bag):
+            pass
+    with pytest.raises(RuntimeError):
+        with atomic_dir(bag, replace=True) as tmp:
+            tmp.mkdir()
+            (tmp / "v2.db3").write_text("half")
+            raise RuntimeError("crash mid-write")
+    assert os.listdir(bag) == ["v1.db3"]  # the old bag survives a failed replacement
+    with atomic_dir(bag, replace=True) as tmp:
+        tmp.mkdir()
+        (tmp / "v2.db3").write_text("2")
+    assert os.listdir(bag) == ["v2.db3"] and os.listdir(tmp_path) == ["scores_bag"]

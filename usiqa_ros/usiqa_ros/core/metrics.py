@@ -1,7 +1,7 @@
-"""Evaluation metrics for grade classifiers and quality scores (numpy/scipy only, no sklearn at run time).
+"""Evaluation metrics for grade classifiers and quality scores: scikit-learn / scipy where they have the
+metric, a few lines here where they do not (specificity, pairwise ranking accuracy, weak-view consistency).
 
-Grades are integers 1..G; scores are continuous (higher = better quality). Tests check every figure
-against scipy/sklearn on fixed inputs.
+Grades are integers 1..G; scores are continuous (higher = better quality).
 """
 
 from __future__ import annotations
@@ -10,17 +10,18 @@ from collections.abc import Sequence
 
 import numpy as np
 from scipy import stats
+from sklearn import metrics as skm
 
 
 def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[int]) -> np.ndarray:
-    """C[i, j] = number of items with true label labels[i] predicted as labels[j]."""
-    index = {lab: i for i, lab in enumerate(labels)}
-    cm = np.zeros((len(labels), len(labels)), dtype=np.int64)
-    for t, p in zip(y_true, y_pred, strict=True):
-        if t not in index or p not in index:
-            raise ValueError(f"label {t if t not in index else p} not in labels {list(labels)}")
-        cm[index[t], index[p]] += 1
-    return cm
+    """C[i, j] = number of items with true label labels[i] predicted as labels[j]. Unlike sklearn, a label
+    outside `labels` is an error, not silently dropped (it would mean a grade out of range)."""
+    unknown = sorted((set(y_true) | set(y_pred)) - set(labels))
+    if unknown:
+        raise ValueError(f"label {unknown[0]} not in labels {list(labels)}")
+    if len(y_true) != len(y_pred):
+        raise ValueError("y_true and y_pred must be of equal length")
+    return np.asarray(skm.confusion_matrix(y_true, y_pred, labels=list(labels)), dtype=np.int64)
 
 
 def accuracy(y_true: Sequence[int], y_pred: Sequence[int]) -> float:
@@ -30,28 +31,24 @@ def accuracy(y_true: Sequence[int], y_pred: Sequence[int]) -> float:
     return float(np.mean(t == p))
 
 
-def per_class_rates(cm: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-class precision, sensitivity (recall), specificity and F1 from a confusion matrix (0 when undefined)."""
-    cm = cm.astype(np.float64)
-    tp = np.diag(cm)
-    fn = cm.sum(1) - tp
-    fp = cm.sum(0) - tp
-    tn = cm.sum() - tp - fn - fp
-
-    def div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return np.divide(a, b, out=np.zeros_like(a), where=b > 0)
-
-    precision = div(tp, tp + fp)
-    sensitivity = div(tp, tp + fn)
-    specificity = div(tn, tn + fp)
-    f1 = div(2 * tp, 2 * tp + fp + fn)
+def per_class_rates(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[int]) -> dict[str, np.ndarray]:
+    """Per-class precision, sensitivity (recall), specificity and F1 over `labels` (0 when undefined).
+    Specificity (TN / (TN + FP), not in sklearn) comes from the confusion matrix."""
+    cm = confusion_matrix(y_true, y_pred, labels).astype(np.float64)
+    precision, sensitivity, f1, _ = skm.precision_recall_fscore_support(
+        y_true, y_pred, labels=list(labels), zero_division=0
+    )
+    fp = cm.sum(0) - np.diag(cm)
+    tn = cm.sum() - cm.sum(1) - fp
+    specificity = np.divide(tn, tn + fp, out=np.zeros_like(tn), where=(tn + fp) > 0)
     return {"precision": precision, "sensitivity": sensitivity, "specificity": specificity, "f1": f1}
 
 
 def macro_f1(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[int] | None = None) -> float:
     """Mean F1 over `labels` (default: labels present in y_true or y_pred, as sklearn does)."""
-    labels = sorted(set(y_true) | set(y_pred)) if labels is None else list(labels)
-    return float(per_class_rates(confusion_matrix(y_true, y_pred, labels))["f1"].mean())
+    return float(
+        skm.f1_score(y_true, y_pred, labels=None if labels is None else list(labels), average="macro", zero_division=0)
+    )
 
 
 def srocc(a: Sequence[float], b: Sequence[float]) -> float:
@@ -107,7 +104,7 @@ def classification_report(
     """Every grade metric in one JSON-ready dict. `scores` (in [0, 1]) adds SROCC/PLCC/MAE/pairwise."""
     labels = list(range(1, num_grades + 1))
     cm = confusion_matrix(y_true, y_pred, labels)
-    rates = per_class_rates(cm)
+    rates = per_class_rates(y_true, y_pred, labels)
     out = {
         "n": len(y_true),
         "accuracy": accuracy(y_true, y_pred),

@@ -9,6 +9,7 @@ the destination directory, fsync it and rename it over the target (atomic on POS
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -121,6 +122,27 @@ def atomic_write_with(path: str | os.PathLike[str], write: Callable[[str], objec
         write(tmp)
         os.replace(tmp, p)
     return p
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike[str], *, replace: bool = False) -> Iterator[Path]:
+    """For writers that make a directory (a rosbag2 bag): yields a path inside a temp directory next to `path`;
+    on a clean exit that is renamed to `path` (an existing `path` is removed first only with `replace`), on an
+    exception it is deleted."""
+    p = Path(path)
+    if p.exists() and not replace:
+        raise PathError(p, "exists already; not overwriting")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{p.name}.", suffix=".partial", dir=p.parent))
+    try:
+        yield tmp / p.name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+        os.rename(tmp / p.name, p)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:

@@ -7,8 +7,6 @@ import csv
 import io
 import json
 import math
-import shutil
-import tempfile
 from bisect import bisect_left
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -332,16 +330,8 @@ def write_scores_bag(
 ) -> int:
     """QualityScore per scored frame (header = the image's, bag time = the image's), optionally with the
     source image messages copied unchanged. Returns the number of messages written."""
-    tmp_root = None
-    target = path
-    if path.exists():
-        if not replace:
-            raise bagio.BagError(f"{path} exists already; not overwriting")
-        tmp_root = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        target = tmp_root / path.name
     n = 0
-    try:
-        with bagio.atomic_bag(target, storage) as w:
+    with bagio.atomic_bag(path, storage, replace=replace) as w:
             qconn = bagio.add_quality_connection(w, quality_topic)
             iconn = bagio.add_image_connection(w, s.topic, s.msgtype) if merge_images else None
             images = _iter_raw_images(s) if merge_images else None
@@ -359,12 +349,6 @@ def write_scores_bag(
                     n += 1
             w.set_custom_data("usiqa.source_bag", str(s.bag))
             w.set_custom_data("usiqa.model_id", s.model_id)
-        if tmp_root is not None:
-            shutil.rmtree(path)
-            target.rename(path)
-    finally:
-        if tmp_root is not None:
-            shutil.rmtree(tmp_root, ignore_errors=True)
     return n
 
 

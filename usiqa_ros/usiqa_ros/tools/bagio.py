@@ -10,10 +10,8 @@ name and renamed when complete: a crash never leaves a complete-looking half out
 from __future__ import annotations
 
 import os
-import shutil
 import sqlite3
 import sys
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +28,7 @@ from rosbags.serde import SerdeError
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
 
+from usiqa_ros.core.safe_io import atomic_dir
 from usiqa_ros.ros.convert import compressed_to_array, image_to_array
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
@@ -223,22 +222,18 @@ def iter_images(reader: AnyReader, topic: str) -> Iterator[BagImage]:
 
 # ------------------------------------------------------------------------------------------------ writing
 @contextmanager
-def atomic_bag(path: str | Path, storage: str = "sqlite3") -> Iterator[Writer]:
-    """A rosbag2 v9 Writer on a temporary directory next to `path`, renamed to `path` on success only."""
+def atomic_bag(path: str | Path, storage: str = "sqlite3", replace: bool = False) -> Iterator[Writer]:
+    """A rosbag2 v9 Writer on a temporary directory next to `path`, renamed to `path` on success only (an
+    existing bag at `path` is replaced only with `replace`)."""
     path = Path(path)
     if storage not in STORAGES:
         raise ValueError(f"storage must be one of {', '.join(STORAGES)}, not {storage!r}")
-    if path.exists():
+    if path.exists() and not replace:
         raise BagError(f"{path} exists already; not overwriting")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
-    try:
-        writer = Writer(tmp / path.name, version=9, storage_plugin=STORAGES[storage])
+    with atomic_dir(path, replace=replace) as tmp_path:
+        writer = Writer(tmp_path, version=9, storage_plugin=STORAGES[storage])
         with writer:
             yield writer
-        os.rename(tmp / path.name, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def add_image_connection(writer: Writer, topic: str, msgtype: str, reliable: bool = True) -> Any:

@@ -1,4 +1,4 @@
-"""Reproducible train/val/test splits: stratified, grouped (no group in two splits) and k-fold.
+"""Reproducible train/val/test splits: grouped (no group in two splits, optionally stratified) and k-fold.
 
 A split is a dict `{"train": [...], "val": [...], "test": [...]}` of item keys (file names), saved as JSON
 with the seed and method so a run can be repeated exactly (`save_split` / `load_split`).
@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from usiqa_ros.core.safe_io import atomic_write_text
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -33,13 +35,6 @@ def _allocate(n: int, fractions: Sequence[float]) -> list[int]:
             counts[i] += 1
             counts[0] -= 1
     return counts
-
-
-def stratified_split(
-    keys: Sequence[str], labels: Sequence[Any], fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0
-) -> dict[str, list[str]]:
-    """Each label's items are shuffled and divided by `fractions`, so every split has the label mix."""
-    return grouped_split(keys, groups=list(keys), fractions=fractions, seed=seed, strata=labels)
 
 
 def grouped_split(
@@ -102,23 +97,10 @@ def kfold_splits(
     return folds
 
 
-def check_disjoint_groups(split: dict[str, list[str]], group_of: dict[str, str]) -> None:
-    """Raise ValueError naming a group that appears in two splits."""
-    seen: dict[str, str] = {}
-    for name, ks in split.items():
-        for k in ks:
-            g = group_of[k]
-            if seen.setdefault(g, name) != name:
-                raise ValueError(f"group {g!r} is in both {seen[g]!r} and {name!r} (e.g. {k})")
-
-
 def save_split(path: str | Path, split: dict[str, list[str]], **info: Any) -> Path:
     """Write the split with its provenance (seed, method, fractions, source...) as JSON."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"info": info, "counts": {k: len(v) for k, v in split.items()}, "split": split}
-    path.write_text(json.dumps(payload, indent=1) + "\n")
-    return path
+    return atomic_write_text(path, json.dumps(payload, indent=1) + "\n")
 
 
 def load_split(path: str | Path) -> dict[str, list[str]]:
