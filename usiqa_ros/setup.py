@@ -23,7 +23,6 @@ setup(
     maintainer_email="maintainers@usiqa.example.com",
     description="Real-time ultrasound image quality assessment (USQNet) for ROS 2.",
     license="Apache-2.0",
-    tests_require=["pytest"],
     entry_points={
         "console_scripts": [
             # ROS 2 nodes and clients

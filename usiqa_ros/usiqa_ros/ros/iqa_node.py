@@ -14,6 +14,7 @@ activates itself.
 
 from __future__ import annotations
 
+import signal
 import sys
 import threading
 import time
@@ -598,6 +599,11 @@ def main(args: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        # A second SIGINT while shutting down (`ros2 launch` forwards one when the whole process group already got
+        # one: `kill -INT -PGID`, supervisors, a terminal) must not cut the worker join and the rclpy shutdown
+        # short (launch would report "process has died ... exit code -2"): ignore it from here on.
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         node._stop()
         executor.shutdown()
         node.destroy_node()
