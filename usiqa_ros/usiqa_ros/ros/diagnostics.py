@@ -222,6 +222,7 @@ class IqaDiagnostics:
             "consecutive_inference_failures": str(stats.consecutive_failures),
             "model_id": engine.model_id if engine is not None else "",
             "device": str(engine.device) if engine is not None else "",
+            "reference_views": str(len(refs)) if (refs := getattr(node, "references", None)) is not None else "0",
         }
         values |= {f"errors.{reason}": str(n) for reason, n in sorted(stats.errors.items())}
         values |= {f"warning.{kind}": str(n) for kind, n in sorted(getattr(stats, "warnings", {}).items())}

@@ -32,6 +32,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallb
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CompressedImage, Image
 from std_srvs.srv import Trigger
 from usiqa_msgs.msg import QualityScore
@@ -85,6 +86,11 @@ def qos_from(reliability: str, depth: int) -> QoSProfile:
     )
 
 
+def _describe_qos(topic: str, qos: QoSProfile) -> str:
+    """`/image (best_effort, depth 5)`: the effective QoS, after the standard overrides."""
+    return f"{topic} ({qos.reliability.name.lower()}, depth {qos.depth})"
+
+
 class IqaNode(LifecycleNode):
     """Scores ultrasound frames with USQNet and publishes usiqa_msgs/QualityScore."""
 
@@ -97,7 +103,7 @@ class IqaNode(LifecycleNode):
         "input_size", "backend", "num_interop_threads", "ort_graph_optimization", "ort_allow_spinning",
         "reference_dir", "reference_topic", "reference_top_k", "reference_history",
     }  # fmt: skip
-    ACTIVATE_TIME = {"image_topic", "compressed_topic", "qos_reliability", "qos_depth", "quality_topic"}
+    ACTIVATE_TIME = {"image_topic", "compressed_topic", "quality_topic"}
 
     def __init__(self, node_name: str = "iqa_node", **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
@@ -163,8 +169,20 @@ class IqaNode(LifecycleNode):
         p("roi", [0, 0, 0, 0], "Crop rectangle [x, y, w, h] in px, used when crop = roi.", dynamic=True)
         p("image_topic", "image", "sensor_msgs/Image input topic (remappable).")
         p("compressed_topic", "", "sensor_msgs/CompressedImage input topic; empty = not subscribed.")
-        p("qos_reliability", "best_effort", "Image subscription reliability: best_effort (SensorDataQoS) | reliable.")
-        p("qos_depth", 5, "Image subscription history depth (SensorDataQoS: 5).")
+        # QoS is set at start-up, as for any ROS node: these two give the image subscriptions' default profile; the
+        # standard qos_overrides./<topic>.subscription.reliability|depth|history parameters override it per topic.
+        p(
+            "qos_reliability",
+            "best_effort",
+            "Default reliability of the image subscriptions: best_effort (SensorDataQoS) | reliable. "
+            "qos_overrides./<topic>.subscription.reliability overrides it.",
+        )
+        p(
+            "qos_depth",
+            5,
+            "Default history depth of the image subscriptions (SensorDataQoS: 5). "
+            "qos_overrides./<topic>.subscription.depth overrides it.",
+        )
         p("quality_topic", "quality", "usiqa_msgs/QualityScore output topic.")
         p("max_pixels", 4096 * 4096, "Frames with more pixels are refused before any allocation.")
         p("log_throttle_s", 5.0, "Minimum seconds between two log lines for the same bad-frame reason.", dynamic=True)
@@ -195,7 +213,7 @@ class IqaNode(LifecycleNode):
         p("best_view.no_image_grace_s", 2.0, "A goal ends NO_IMAGES when no frame is scored within this many seconds.")
         p("best_view.stable_frames", 1, "A view counts with the lowest score of N consecutive scored frames.")
         p("best_view.default_timeout_s", 10.0, "Search timeout in seconds when the goal's timeout is 0.")
-        p("pose_frame", "", "Best-view poses: TF frame of best_pose (e.g. world, base_link); empty = no poses. Needs tf2_ros.")
+        p("pose_frame", "", "TF frame of best-view poses (e.g. world, base_link); empty = no poses. Needs tf2_ros.")
         p("probe_frame", "", "Best-view poses: the probe's TF frame; empty = the image's header.frame_id.")
 
     def _on_set_parameters(self, params: list[rclpy.Parameter]) -> SetParametersResult:
@@ -284,22 +302,27 @@ class IqaNode(LifecycleNode):
             if self._best_view is None:
                 self._best_view = BestViewServer(self, self._best_view_config)
             self._best_view.activate()
-        qos = qos_from(self.param("qos_reliability"), self.param("qos_depth"))
+        # Each entity gets its own profile: the standard QoS override parameters (read-only, declared here on first
+        # use: qos_overrides./<resolved topic>.subscription|publisher.reliability|depth|history) are applied to it.
+        reliability, depth = self.param("qos_reliability"), self.param("qos_depth")
+        overrides = QoSOverridingOptions.with_default_policies()
         diag = self.diagnostics  # incompatible-QoS events are logged with a hint and shown on /diagnostics
         self._pub = self.create_publisher(
             QualityScore,
             self.param("quality_topic"),
             10,
             event_callbacks=diag.publisher_events(self.param("quality_topic")),
+            qos_overriding_options=overrides,
         )
         self._subs = [
             self.create_subscription(
                 Image,
                 self.param("image_topic"),
                 lambda m: self._on_frame(m, False),
-                qos,
+                qos_from(reliability, depth),
                 callback_group=self.sub_group,
                 event_callbacks=diag.subscription_events(self.param("image_topic")),
+                qos_overriding_options=overrides,
             )
         ]
         if self.param("compressed_topic"):
@@ -308,9 +331,10 @@ class IqaNode(LifecycleNode):
                     CompressedImage,
                     self.param("compressed_topic"),
                     lambda m: self._on_frame(m, True),
-                    qos,
+                    qos_from(reliability, depth),
                     callback_group=self.sub_group,
                     event_callbacks=diag.subscription_events(self.param("compressed_topic")),
+                    qos_overriding_options=overrides,
                 )
             )
         with self._lock:
@@ -321,8 +345,8 @@ class IqaNode(LifecycleNode):
         self._worker = threading.Thread(target=self._work, name="iqa_worker", daemon=True)
         self._worker.start()
         self.get_logger().info(
-            f"scoring {', '.join(s.topic_name for s in self._subs)} -> {self._pub.topic_name} "
-            f"(QoS {self.param('qos_reliability')}, depth {self.param('qos_depth')})"
+            f"scoring {', '.join(_describe_qos(s.topic_name, s.qos_profile) for s in self._subs)} -> "
+            f"{_describe_qos(self._pub.topic_name, self._pub.qos_profile)}"
         )
         return super().on_activate(state)
 
@@ -402,9 +426,15 @@ class IqaNode(LifecycleNode):
             return response
         with self._ref_lock:
             refs = self.references
-            newest = list(self._history)[-int(request.count) :]
+            held = {(f.stamp_ns, f.frame_id) for f in refs.frames}  # a frame is added once, however often asked
+            newest = [
+                (e, h)
+                for e, h in list(self._history)[-int(request.count) :]
+                if (h.stamp.sec * 1_000_000_000 + h.stamp.nanosec, h.frame_id) not in held
+            ]
             if not newest:
-                response.success, response.message = False, "no scored frame yet: stream images, then capture"
+                response.success = False
+                response.message = "no new scored frame since the last capture: stream images, then capture"
                 response.set_size = len(refs)
                 return response
             new = ReferenceSet(refs.model_id, refs.embeddings, list(refs.frames), refs.top_k)
