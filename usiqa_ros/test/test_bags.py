@@ -17,6 +17,7 @@ import yaml
 
 from usiqa_ros.core.engine import Engine, EngineConfig
 from usiqa_ros.tools import bag_eval, bag_report, bagio, make_bag
+from usiqa_ros.tools.bag_types import BagScores
 
 CLIP = "blues_patient_12_L3"  # 48 frames, 350 x 350 gray
 START_NS = 1_700_000_000_123_456_789
@@ -40,7 +41,7 @@ def raw_bag(tmp_path_factory, frames) -> make_bag.MadeBag:
 
 
 @pytest.fixture(scope="module")
-def raw_scores(raw_bag, engine) -> bag_eval.BagScores:
+def raw_scores(raw_bag, engine) -> BagScores:
     return bag_eval.score_bag(raw_bag.path, engine, batch=8, progress=False)
 
 

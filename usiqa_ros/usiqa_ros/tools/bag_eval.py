@@ -21,9 +21,8 @@ import queue
 import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,65 +32,12 @@ from tqdm import tqdm
 from usiqa_ros.core.checkpoint import CheckpointError
 from usiqa_ros.core.engine import Engine, EngineConfig, EngineError
 from usiqa_ros.core.preprocess import FrameError
-from usiqa_ros.tools import bagio
+from usiqa_ros.tools import bag_report, bagio
+from usiqa_ros.tools.bag_types import BagScores, FrameResult, Thumb
 from usiqa_ros.tools.bagio import BagError
 
 # A frame failing for one of these reasons means the whole topic cannot be scored: stop with an error.
 FATAL_REASONS = ("unsupported_encoding", "unsupported_format")
-
-
-@dataclass
-class FrameResult:
-    index: int
-    log_ns: int
-    stamp_ns: int
-    frame_id: str
-    grade: int = 0  # 0 = not scored (see error)
-    score: float = float("nan")
-    probabilities: np.ndarray | None = None
-    error: str = ""
-    batch_seconds: float = 0.0  # wall time of the inference batch that scored this frame
-
-
-@dataclass
-class Thumb:
-    index: int
-    stamp_ns: int
-    score: float
-    grade: int
-    image: np.ndarray  # uint8, what the model saw, at the frame's aspect ratio
-
-
-@dataclass
-class BagScores:
-    """Everything the reports need: per-frame results in bag order plus timing."""
-
-    bag: Path
-    topic: str
-    msgtype: str
-    model_id: str
-    device: str
-    batch: int
-    frames: list[FrameResult]
-    best: list[Thumb] = field(default_factory=list)  # highest score first
-    worst: list[Thumb] = field(default_factory=list)  # lowest score first
-    wall_seconds: float = 0.0  # first read to last score
-    inference_seconds: float = 0.0  # time inside Engine.score_preprocessed
-    reader_cpu_seconds: float = 0.0  # CPU time of the reader thread (read, decode, preprocess)
-    errors: Counter = field(default_factory=Counter)
-
-    @property
-    def scored(self) -> list[FrameResult]:
-        return [f for f in self.frames if f.grade > 0]
-
-    @property
-    def throughput_fps(self) -> float:
-        return len(self.frames) / self.wall_seconds if self.wall_seconds > 0 else 0.0
-
-    @property
-    def inference_fps(self) -> float:
-        n = len(self.scored)
-        return n / self.inference_seconds if self.inference_seconds > 0 else 0.0
 
 
 @dataclass
@@ -271,8 +217,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from usiqa_ros.tools import bag_report
-
     a = parse_args(argv)
     out = Path(a.out) if a.out else Path.cwd() / f"{Path(a.bag).name}_iqa"
     try:

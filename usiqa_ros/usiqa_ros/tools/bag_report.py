@@ -17,7 +17,7 @@ import numpy as np
 
 from usiqa_ros.core.safe_io import atomic_open
 from usiqa_ros.tools import bagio
-from usiqa_ros.tools.bag_eval import BagScores, FrameResult
+from usiqa_ros.tools.bag_types import BagScores, FrameResult
 
 GRADE_NAMES = {1: "poor", 2: "fair", 3: "good", 4: "very good", 5: "excellent"}
 # Score range of each grade band: the grade nearest to the expected grade 1 + 4 * score.
