@@ -5,9 +5,8 @@ from __future__ import annotations
 from rclpy.node import Node
 from usiqa_msgs.msg import QualityScore
 
+from usiqa_ros.core.grades import grade_name
 from usiqa_ros.ros.spin import spin_node
-
-GRADE_NAMES = {0: "unknown", 1: "poor", 2: "fair", 3: "good", 4: "very good", 5: "excellent"}
 
 
 def format_score(msg: QualityScore) -> str:
@@ -15,7 +14,7 @@ def format_score(msg: QualityScore) -> str:
     latency_ms = (msg.latency.sec + msg.latency.nanosec * 1e-9) * 1e3
     bar = "#" * round(msg.score * 20)
     return (
-        f"t={stamp:.3f} {msg.header.frame_id:<14} grade {msg.grade} ({GRADE_NAMES.get(msg.grade, '?'):<9}) "
+        f"t={stamp:.3f} {msg.header.frame_id:<14} grade {msg.grade} ({grade_name(msg.grade):<9}) "
         f"score {msg.score:.3f} |{bar:<20}| latency {latency_ms:6.1f} ms  skipped {msg.frames_skipped}"
     )
 

@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from usiqa_ros.core.grades import GRADE_NAMES
 from usiqa_ros.core.safe_io import atomic_open
 from usiqa_ros.tools import bagio
 from usiqa_ros.tools.bag_types import BagScores, FrameResult
 
-GRADE_NAMES = {1: "poor", 2: "fair", 3: "good", 4: "very good", 5: "excellent"}
 # Score range of each grade band: the grade nearest to the expected grade 1 + 4 * score.
 GRADE_BANDS = {g: (max(0.0, (g - 1.5) / 4), min(1.0, (g - 0.5) / 4)) for g in range(1, 6)}
 BAND_COLORS = {1: "#d7191c", 2: "#fdae61", 3: "#ffffbf", 4: "#a6d96a", 5: "#1a9641"}
