@@ -332,23 +332,23 @@ def write_scores_bag(
     source image messages copied unchanged. Returns the number of messages written."""
     n = 0
     with bagio.atomic_bag(path, storage, replace=replace) as w:
-            qconn = bagio.add_quality_connection(w, quality_topic)
-            iconn = bagio.add_image_connection(w, s.topic, s.msgtype) if merge_images else None
-            images = _iter_raw_images(s) if merge_images else None
-            for f in s.frames:
-                if images is not None:
-                    log_ns, raw = next(images)
-                    w.write(iconn, log_ns, raw)
-                    n += 1
-                if f.grade:
-                    m = bagio.quality_message(
-                        f.stamp_ns, f.frame_id, f.score, f.grade, f.probabilities, s.model_id,
-                        round(f.batch_seconds * 1e9), 0,
-                    )  # fmt: skip
-                    w.write(qconn, f.log_ns, bagio.serialize(m))
-                    n += 1
-            w.set_custom_data("usiqa.source_bag", str(s.bag))
-            w.set_custom_data("usiqa.model_id", s.model_id)
+        qconn = bagio.add_quality_connection(w, quality_topic)
+        iconn = bagio.add_image_connection(w, s.topic, s.msgtype) if merge_images else None
+        images = _iter_raw_images(s) if merge_images else None
+        for f in s.frames:
+            if images is not None:
+                log_ns, raw = next(images)
+                w.write(iconn, log_ns, raw)
+                n += 1
+            if f.grade:
+                m = bagio.quality_message(
+                    f.stamp_ns, f.frame_id, f.score, f.grade, f.probabilities, s.model_id,
+                    round(f.batch_seconds * 1e9), 0,
+                )  # fmt: skip
+                w.write(qconn, f.log_ns, bagio.serialize(m))
+                n += 1
+        w.set_custom_data("usiqa.source_bag", str(s.bag))
+        w.set_custom_data("usiqa.model_id", s.model_id)
     return n
 
 
