@@ -82,17 +82,26 @@ class Peer(Node):
             self._stamp = max(self._stamp + 1_000_000, self.get_clock().now().nanoseconds)
             return self._stamp
 
-    def feed(self, frames: list[np.ndarray], compressed: bool = False, timeout: float = 15.0) -> list[int]:
-        """Publish each frame and wait for its score (lock-step: none skipped). Returns the stamps."""
+    def feed(
+        self,
+        frames: list[np.ndarray],
+        compressed: bool = False,
+        timeout: float = 15.0,
+        frame_id: str = "us_probe_link",
+        stamps_ns: list[int] | None = None,
+    ) -> list[int]:
+        """Publish each frame (stamped now, or with stamps_ns) and wait for its score (lock-step: none skipped).
+        Returns the stamps."""
         stamps = []
-        for f in frames:
-            s = self.next_stamp()
+        for i, f in enumerate(frames):
+            s = self.next_stamp() if stamps_ns is None else stamps_ns[i]
             if compressed:
                 msg = CompressedImage(format="png", data=cv2.imencode(".png", f)[1].tobytes())
                 msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(s, 1_000_000_000)
+                msg.header.frame_id = frame_id
                 self.comp_pub.publish(msg)
             else:
-                self.image_pub.publish(image_msg(f, s))
+                self.image_pub.publish(image_msg(f, s, frame_id))
             wait_for(lambda s=s: s in self.scores, timeout)
             stamps.append(s)
         return stamps
@@ -252,6 +261,7 @@ def test_timeout_returns_best_so_far(main_node):
     best, best_stamp = best_of(peer, stamps)
     assert result.best.score == best and stamp_ns(result.best.header) == best_stamp
     assert len(result.best_image.data) == 0  # not asked for
+    assert result.best_pose.header.frame_id == "" and "best_pose empty: poses off" in result.message
 
 
 def test_no_images_after_grace_period(main_node):

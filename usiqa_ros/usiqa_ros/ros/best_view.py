@@ -314,7 +314,9 @@ class BestViewServer:
             cancel_callback=self._on_cancel,
             callback_group=node.aux_group,
         )
-        poses = f"poses {self._poses.describe()}" if self._poses else self._no_pose_reason.split(":")[0]
+        poses = (
+            f"poses {self._poses.describe()}" if self._poses else "poses off" if not config.pose_frame else "no poses"
+        )
         self._log.info(
             f"action {ACTION_NAME}: goal_policy {config.goal_policy}, feedback {config.feedback_rate:g} Hz, "
             f"no-image grace {config.no_image_grace_s:g} s, stable_frames {config.stable_frames}, "
@@ -374,6 +376,9 @@ class BestViewServer:
                 s.preempted = True
                 s.closed = True
             now = self._now_ns()
+            if now == 0:  # timeout and min_stamp would count from 0 and end the goal at the first /clock
+                self._log.warning("goal rejected: the node's clock is at zero (use_sim_time without /clock yet)")
+                return GoalResponse.REJECT
             search = _Search(
                 goal=goal,
                 target=target,

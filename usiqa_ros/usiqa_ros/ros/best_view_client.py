@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Run one best-view search against iqa_node and print the result.")
     ap.add_argument("--target", type=float, default=0.0, help="stop early at this score in [0, 1]; 0 = never")
     ap.add_argument("--timeout", type=float, default=0.0, help="seconds; 0 = the server's default_timeout_s")
-    ap.add_argument("--min-hold", type=float, default=0.0, help="seconds the score must hold >= --target; 0 = one frame")
+    ap.add_argument("--min-hold", type=float, default=0.0, help="seconds the score must hold >= target")
     ap.add_argument("--return-image", action="store_true", help="ask for the best frame's image")
     ap.add_argument("--save", default="", help="write the returned image to this file (implies --return-image)")
     ap.add_argument("--action", default=ACTION_NAME, help="action name (namespace it if the node is namespaced)")
