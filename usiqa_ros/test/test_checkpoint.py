@@ -97,6 +97,20 @@ def test_bad_input_size_in_metadata(tmp_path, lite):
     _expect(path, "input_size 100")
 
 
+def test_other_preprocessing_in_metadata_is_refused(tmp_path, lite):
+    """A model trained on other inputs (e.g. mean/std-normalised outside the model) would score silently wrong."""
+    path = save_checkpoint(tmp_path / "p.safetensors", lite)
+    meta = read_metadata(path)
+    assert meta["preprocessing"]["normalize"] == "none"
+    meta["preprocessing"]["normalize"] = "imagenet"
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    save_file(state, str(path), metadata={"usiqa": json.dumps(meta)})
+    _expect(path, "preprocessing normalize='imagenet'")
+
+
 def test_sha256_mismatch(tmp_path, lite):
     path = save_checkpoint(tmp_path / "c.safetensors", lite)
     _expect(path, "SHA-256 mismatch", expected_sha256="0" * 64)

@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 
 from usiqa_ros import __version__
 from usiqa_ros.core.model import USQNet, USQNetConfig
+from usiqa_ros.core.preprocess import PREPROCESSING
 from usiqa_ros.core.safe_io import atomic_write_with
 
 FORMAT = "usiqa-checkpoint"
@@ -85,7 +86,7 @@ def save_checkpoint(
         "format_version": FORMAT_VERSION,
         "architecture": model.config.to_dict(),
         "grades": list(range(1, model.config.num_grades + 1)),
-        "preprocessing": {"color": "gray3", "range": "0-1", "resize": "stretch", "normalize": "none"},
+        "preprocessing": dict(PREPROCESSING),
         "training": training or {},
         "usiqa_ros_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -134,6 +135,17 @@ def _validate_metadata(path: Path, meta: Any) -> None:
     size = arch.get("input_size")
     if not isinstance(size, int) or not 32 <= size <= 1024 or size % 32:
         raise CheckpointError(path, f"input_size {size!r} in metadata is invalid (a multiple of 32 in 32..1024)")
+    # Absent in hand-made checkpoints: assume ours. Present: every step this code knows must be the one it does.
+    pre = meta.get("preprocessing", PREPROCESSING)
+    if not isinstance(pre, dict):
+        raise CheckpointError(path, "metadata 'preprocessing' is not an object")
+    for key, value in pre.items():
+        if key in PREPROCESSING and value != PREPROCESSING[key]:
+            raise CheckpointError(
+                path,
+                f"was trained with preprocessing {key}={value!r}; this code feeds {key}={PREPROCESSING[key]!r} "
+                "(core/preprocess.py), so its scores would be wrong",
+            )
 
 
 def load_checkpoint(

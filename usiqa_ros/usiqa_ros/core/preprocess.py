@@ -14,6 +14,11 @@ import cv2
 import numpy as np
 import torch
 
+# What `preprocess_frame` + `to_batch` do, recorded in every checkpoint's metadata and checked when one is
+# loaded: a model trained on other inputs would score silently wrong. Any normalisation happens inside the
+# model (its architecture's input_mean / input_std), so "normalize" here stays "none".
+PREPROCESSING: dict[str, str] = {"color": "gray3", "range": "0-1", "resize": "stretch", "normalize": "none"}
+
 
 class FrameError(ValueError):
     """A frame that cannot be scored. `reason` is a short stable key used for counters and diagnostics."""
