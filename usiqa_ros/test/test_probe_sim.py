@@ -7,14 +7,17 @@ import threading
 import time
 
 import numpy as np
+from conftest import require
 from geometry_msgs.msg import Pose, PoseStamped
 from rclpy.node import Node
 from rclpy.parameter import Parameter
+from rclpy.time import Time
 from ros_helpers import Spinner, wait_for
 from sensor_msgs.msg import Image
 from usiqa_msgs.msg import QualityScore
 
 from usiqa_ros.nodes.probe_sim import GROUND_TRUTH_MODEL_ID, ProbeSim, pose_to_probe, probe_to_pose
+from usiqa_ros.ros.best_view import import_tf2
 from usiqa_ros.ros.convert import image_to_array
 from usiqa_ros.tools.phantom import Phantom, PhantomConfig, ProbePose, best_sweep_pose, sweep_pose
 
@@ -131,7 +134,7 @@ def test_probe_sim_node_follows_commands_with_matching_stamps(ros):
             return [lis.truth[s].score for s in recent], lis.poses[recent[-1]], recent
 
         good, ps, stamps = command_and_collect(ProbePose())
-        assert ps.header.frame_id == "phantom"
+        assert ps.header.frame_id == "world"
         s = stamps[-1]
         img, truth = lis.images[s], lis.truth[s]
         assert truth.header.frame_id == img.header.frame_id == "us_probe_link"
@@ -142,5 +145,58 @@ def test_probe_sim_node_follows_commands_with_matching_stamps(ros):
         assert image_to_array(lis.images[lifted_stamps[-1]]).mean() < 0.5 * image_to_array(img).mean()
     finally:
         spin.stop()
+        sim.destroy_node()
+        lis.destroy_node()
+
+
+def test_probe_sim_broadcasts_its_pose_on_tf_and_a_command_ends_the_sweep(ros):
+    """world -> frame_id on TF at each image's stamp equals probe_sim/pose at that stamp; a probe_pose command in
+    sweep mode stops the sweep and the probe holds it (how the best-view demo returns to the best view)."""
+    tf2_ros, why = import_tf2()
+    require(tf2_ros is not None, f"{why}: build and source the underlay (make underlay; .venv/underlay/install)")
+    ns, frame = "/sim_tf", "sim_tf_test_probe"  # a frame id of its own: /tf is shared by the test session
+    sim = ProbeSim(
+        namespace=ns,
+        parameter_overrides=[Parameter("rate", value=20.0), Parameter("frame_id", value=frame)],
+    )
+    lis = Listener(ns)
+    buffer = tf2_ros.Buffer(node=lis)
+    tf_listener = tf2_ros.TransformListener(buffer, lis)
+    spin = Spinner(sim, lis)
+    try:
+        wait_for(lambda: buffer.can_transform_core("world", frame, Time())[0], 15)
+        wait_for(lambda: len(lis.poses) > 15, 15)
+        with lis.lock:
+            stamps = sorted(lis.poses)[-10:]
+        moved = 0.0
+        for s in stamps:
+            ps = lis.poses[s]
+            tf = buffer.lookup_transform_core("world", frame, Time(nanoseconds=s))
+            t, r, p, q = tf.transform.translation, tf.transform.rotation, ps.pose.position, ps.pose.orientation
+            assert np.allclose([t.x, t.y, t.z, r.x, r.y, r.z, r.w], [p.x, p.y, p.z, q.x, q.y, q.z, q.w], atol=1e-12)
+            assert lis.images[s].header.frame_id == frame
+            moved = max(moved, abs(p.x - lis.poses[stamps[0]].pose.position.x))
+        assert moved > 1e-3, "the sweep moves the probe"
+        # a command in sweep mode: the probe goes there and stays
+        target = ProbePose(x=3.0, y=-2.0, tilt=5.0)
+        wait_for(lambda: lis.cmd.get_subscription_count() > 0, 15)
+        lis.cmd.publish(probe_to_pose(target))
+        wait_for(lambda: sim.mode == "command", 10)
+        t_cmd = sim.get_clock().now().nanoseconds
+        time.sleep(0.2)  # frames rendered before the command may still be in flight
+        t_settled = sim.get_clock().now().nanoseconds
+        wait_for(lambda: sum(s > t_settled for s in list(lis.poses)) >= 5, 10)
+        with lis.lock:
+            after = [lis.poses[s] for s in sorted(lis.poses) if s > t_settled]
+        assert t_cmd < t_settled
+        for ps in after:
+            got = pose_to_probe(ps.pose)
+            assert np.allclose([got.x, got.y, got.lift, got.tilt], [3.0, -2.0, 0.0, 5.0], atol=1e-6)
+        last = after[-1]
+        tf = buffer.lookup_transform_core("world", frame, Time.from_msg(last.header.stamp))
+        assert abs(tf.transform.translation.x - 0.003) < 1e-9 and abs(tf.transform.translation.y + 0.002) < 1e-9
+    finally:
+        spin.stop()
+        tf_listener.unregister()
         sim.destroy_node()
         lis.destroy_node()
