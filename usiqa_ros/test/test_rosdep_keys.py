@@ -43,6 +43,7 @@ IMPORT_KEYS = {
     "pytest": "python3-pytest",
     "sklearn": "python3-sklearn",
     "catkin_pkg": "python3-catkin-pkg",
+    "tf2_ros": "tf2_ros_py",  # the Python module; package tf2_ros is the C++ library
 }
 # Keys needed although no module of the package imports them.
 INDIRECT = {

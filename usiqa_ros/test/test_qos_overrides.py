@@ -1,0 +1,77 @@
+"""The ROS-standard QoS override parameters (rclpy QoSOverridingOptions) on a real running iqa_node:
+`qos_overrides./<topic>.subscription.reliability|depth|history` for the image subscription and `...publisher.*`
+for the scores, declared read-only at activation with the node's defaults (qos_reliability, qos_depth), and
+winning over them when set at start-up."""
+
+from __future__ import annotations
+
+from peer_helpers import Peer
+from rclpy.lifecycle import TransitionCallbackReturn
+from rclpy.parameter import Parameter
+from rclpy.qos import HistoryPolicy, ReliabilityPolicy, qos_profile_sensor_data
+from ros_helpers import Spinner, running_iqa_node, wait_for
+
+
+def _topics(ns: str) -> dict[str, str]:
+    return dict(image_topic=f"/{ns}/image", quality_topic=f"/{ns}/quality", diag_stale_input_s=0.0)
+
+
+def test_standard_parameters_are_declared_with_the_defaults(ros) -> None:
+    ns = "qos_ovr_default"
+    with running_iqa_node("iqa_qos_ovr_default", **_topics(ns)) as node:
+        sub = node._subs[0].qos_profile
+        assert (sub.reliability, sub.depth, sub.history) == (ReliabilityPolicy.BEST_EFFORT, 5, HistoryPolicy.KEEP_LAST)
+        values = {
+            name: node.get_parameter(name).value
+            for name in node._parameters
+            if name.startswith(("qos_overrides./qos_ovr_default/image.", "qos_overrides./qos_ovr_default/quality."))
+        }
+        assert values == {
+            f"qos_overrides./{ns}/image.subscription.reliability": "best_effort",
+            f"qos_overrides./{ns}/image.subscription.depth": 5,
+            f"qos_overrides./{ns}/image.subscription.history": "keep_last",
+            f"qos_overrides./{ns}/quality.publisher.reliability": "reliable",
+            f"qos_overrides./{ns}/quality.publisher.depth": 10,
+            f"qos_overrides./{ns}/quality.publisher.history": "keep_last",
+        }
+        # QoS is start-up configuration, as in any ROS node: both kinds of parameter are read-only
+        for name, value in ((f"qos_overrides./{ns}/image.subscription.depth", 7), ("qos_reliability", "reliable")):
+            assert not node.set_parameters([Parameter(name, value=value)])[0].successful, name
+
+
+def test_override_wins_over_the_default_and_reaches_dds(ros) -> None:
+    """reliability overridden to reliable: a best-effort camera is then incompatible (real DDS event)."""
+    ns, name = "qos_ovr_set", "iqa_qos_ovr_set"
+    params = _topics(ns) | {
+        "qos_reliability": "best_effort",
+        f"qos_overrides./{ns}/image.subscription.reliability": "reliable",
+        f"qos_overrides./{ns}/image.subscription.depth": 20,
+        f"qos_overrides./{ns}/quality.publisher.depth": 3,
+    }
+    with running_iqa_node(name, **params) as node:
+        sub, pub = node._subs[0].qos_profile, node._pub.qos_profile
+        assert (sub.reliability, sub.depth) == (ReliabilityPolicy.RELIABLE, 20)
+        assert pub.depth == 3
+        peer = Peer(name, ns, image_qos=qos_profile_sensor_data)  # best effort
+        spin = Spinner(peer)
+        try:
+            wait_for(lambda: [w for w in peer.warnings() if "incompatible QoS" in w and f"/{ns}/image" in w], 20)
+        finally:
+            spin.stop()
+            peer.destroy_node()
+
+
+def test_invalid_override_fails_activation(ros) -> None:
+    from usiqa_ros.ros.iqa_node import IqaNode
+
+    ns = "qos_ovr_bad"
+    overrides = [Parameter(k, value=v) for k, v in _topics(ns).items()]
+    overrides.append(Parameter(f"qos_overrides./{ns}/image.subscription.reliability", value="sometimes"))
+    node = IqaNode("iqa_qos_ovr_bad", parameter_overrides=overrides)
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert node.trigger_activate() != TransitionCallbackReturn.SUCCESS
+        assert not node._running
+    finally:
+        node._stop()
+        node.destroy_node()
