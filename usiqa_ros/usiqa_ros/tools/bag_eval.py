@@ -7,7 +7,8 @@ frames into a bounded queue while the main thread runs batched inference, so dec
 model. Frames are scored exactly as the node scores them. Outputs in DIR (each written to a temporary name and
 renamed when complete; summary.json is written last):
 
-    frames.csv     one row per frame: index, stamps, grade, score, per-grade probabilities (+ label)
+    frames.csv     one row per frame: index, stamps, grade, score, artifact_score, view_score (empty without
+                   --references), per-grade probabilities (+ label)
     timeline.png   score over time with the grade bands and thumbnails of the best and worst moments
     summary.md     the same summary for people; summary.json for tools
     scores_bag/    usiqa_msgs/QualityScore on /quality (definition embedded), optionally with the images
@@ -32,6 +33,7 @@ from tqdm import tqdm
 from usiqa_ros.core.checkpoint import CheckpointError
 from usiqa_ros.core.engine import Engine, EngineConfig, EngineError
 from usiqa_ros.core.preprocess import FrameError
+from usiqa_ros.core.references import ReferenceError, ReferenceSet, combine, load_references
 from usiqa_ros.tools import bag_report, bagio
 from usiqa_ros.tools.bag_types import BagScores, FrameResult, Thumb
 from usiqa_ros.tools.bagio import BagError
@@ -113,14 +115,17 @@ def score_bag(
     progress: bool = True,
     n_thumbs: int = 4,
     queue_size: int = 0,
+    references: ReferenceSet | None = None,
 ) -> BagScores:
-    """Score every frame of the bag's image topic with `engine`, reading and preprocessing in a thread."""
+    """Score every frame of the bag's image topic with `engine`, reading and preprocessing in a thread; with
+    `references`, view scores from the same pass's embeddings and score = combine(artifact, view) as the node."""
     bag = Path(bag)
     topic, msgtype, count = inspect_bag(bag, topic)
     batch = max(1, int(batch))
     q: queue.Queue = queue.Queue(maxsize=queue_size or 3 * batch)
     stop = threading.Event()
     out = BagScores(bag, topic, msgtype, engine.model_id, str(engine.device), batch, [])
+    out.references = len(references) if references is not None else 0
     best: list[tuple[float, int, Thumb]] = []  # min-heap of the best n_thumbs
     worst: list[tuple[float, int, Thumb]] = []  # min-heap on -score of the worst n_thumbs
     pending: list[_Item] = []
@@ -134,9 +139,14 @@ def score_bag(
         scores = engine.score_preprocessed([it.pre for it in pending])
         dt = time.perf_counter() - t
         out.inference_seconds += dt
-        for it, s in zip(pending, scores, strict=True):
+        views = [float("nan")] * len(scores)
+        if references is not None and len(references):
+            views = references.view_scores(np.stack([s.embedding for s in scores])).tolist()
+        for it, s, view in zip(pending, scores, views, strict=True):
             r = it.result
-            r.grade, r.score, r.probabilities, r.batch_seconds = s.grade, s.score, s.probabilities, dt
+            r.grade, r.probabilities, r.batch_seconds = s.grade, s.probabilities, dt
+            r.artifact_score, r.view_score = s.score, view
+            r.score = s.score = combine(s.score, view)  # thumbnails below rank the combined score
             key = (s.score, r.index)
             if len(best) < n_thumbs or key > best[0][:2]:
                 entry = (s.score, r.index, _thumb(it, s.score, s.grade))
@@ -206,6 +216,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--num-threads", type=int, default=0, help="torch intra-op threads (0 = default)")
     ap.add_argument("--crop", default="none", choices=("none", "auto"), help="as the node's crop parameter")
     ap.add_argument("--batch", type=int, default=16, help="frames per inference batch")
+    ap.add_argument(
+        "--references",
+        help="reference views (saved set, folder of frames or rosbag2) -> view_score, score = artifact x view",
+    )
     ap.add_argument("--thumbs", type=int, default=4, help="thumbnails of best and of worst moments")
     ap.add_argument("--no-bag", action="store_true", help="do not write scores_bag/")
     ap.add_argument("--merge-images", action="store_true", help="copy the image topic into scores_bag/")
@@ -226,7 +240,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if scores_bag is not None and scores_bag.exists() and not a.force:
             raise BagError(f"{scores_bag} exists already (use --force to replace it, --no-bag to skip it)")
         engine = engine_from_args(a)
-        scores = score_bag(a.bag, engine, a.topic, a.batch, progress=not a.no_progress, n_thumbs=a.thumbs)
+        refs = None
+        if a.references:
+            refs = load_references(
+                a.references, engine.model_id, lambda fs: np.stack([s.embedding for s in engine.score(fs)])
+            )
+        scores = score_bag(
+            a.bag, engine, a.topic, a.batch, progress=not a.no_progress, n_thumbs=a.thumbs, references=refs
+        )
         summary = bag_report.write_reports(
             scores,
             out,
@@ -238,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             bag_storage=a.bag_storage,
             quality_topic=a.quality_topic,
         )
-    except (BagError, bag_report.LabelError, CheckpointError, EngineError, OSError) as e:
+    except (BagError, bag_report.LabelError, CheckpointError, EngineError, ReferenceError, OSError) as e:
         print(f"usiqa-eval-bag: error: {e}", file=sys.stderr)
         return 1
     print(bag_report.console_summary(summary))

@@ -180,6 +180,7 @@ def build_summary(s: BagScores, label_info: dict | None) -> dict:
         "duration_s": round(dur, 3),
         "recorded_fps": round((len(s.frames) - 1) / dur, 2) if dur > 0 else None,
         "grade_distribution": dist,
+        "reference_views": s.references,
         "score": stats,
         "best": [_moment(t, t0) for t in s.best],
         "worst": [_moment(t, t0) for t in s.worst],
@@ -256,13 +257,15 @@ def console_summary(sm: dict) -> str:
 def frames_csv(s: BagScores, labels: dict[int, int] | None) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    head = ["index", "stamp", "stamp_ns", "bag_time_ns", "frame_id", "grade", "score"]
+    head = ["index", "stamp", "stamp_ns", "bag_time_ns", "frame_id", "grade", "score", "artifact_score", "view_score"]
     head += [f"p{g}" for g in range(1, 6)] + ["error"] + (["label"] if labels is not None else [])
     w.writerow(head)
     for f in s.frames:
         probs = [f"{p:.5f}" for p in f.probabilities] if f.probabilities is not None else [""] * 5
         row = [f.index, _stamp_s(f.stamp_ns), f.stamp_ns, f.log_ns, f.frame_id, f.grade]
-        row += [f"{f.score:.5f}" if f.grade else ""] + probs + [f.error]
+        row += [f"{f.score:.5f}" if f.grade else ""]
+        row += [f"{f.artifact_score:.5f}" if f.grade else "", f"{f.view_score:.5f}" if f.grade and s.references else ""]
+        row += probs + [f.error]
         if labels is not None:
             row.append(labels.get(f.index, ""))
         w.writerow(row)
@@ -288,7 +291,10 @@ def timeline_png(s: BagScores, path: Path, labels: dict[int, int] | None, binary
         ax.text(
             1.005, (lo + hi) / 2, f"{g} {GRADE_NAMES[g]}", transform=ax.get_yaxis_transform(), va="center", fontsize=8
         )
-    ax.plot(t, y, "-", color="#2b2b2b", lw=1.0, label="score")
+    ax.plot(t, y, "-", color="#2b2b2b", lw=1.0, label="score" if not s.references else "score (artifact x view)")
+    if s.references:
+        ax.plot(t, [f.artifact_score for f in scored], "-", color="#2060b0", lw=0.7, alpha=0.7, label="artifact_score")
+        ax.plot(t, [f.view_score for f in scored], "-", color="#c06000", lw=0.7, alpha=0.7, label="view_score")
     if labels:
         lt = [(f.stamp_ns - t0) / 1e9 for f in s.frames if f.index in labels]
         lv = [labels[f.index] for f in s.frames if f.index in labels]
@@ -343,7 +349,7 @@ def write_scores_bag(
             if f.grade:
                 m = bagio.quality_message(
                     f.stamp_ns, f.frame_id, f.score, f.grade, f.probabilities, s.model_id,
-                    round(f.batch_seconds * 1e9), 0,
+                    round(f.batch_seconds * 1e9), 0, f.artifact_score, f.view_score,
                 )  # fmt: skip
                 w.write(qconn, f.log_ns, bagio.serialize(m))
                 n += 1

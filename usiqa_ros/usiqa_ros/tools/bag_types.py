@@ -17,7 +17,9 @@ class FrameResult:
     stamp_ns: int
     frame_id: str
     grade: int = 0  # 0 = not scored (see error)
-    score: float = float("nan")
+    score: float = float("nan")  # artifact_score alone, or combined with view_score (references.combine)
+    artifact_score: float = float("nan")
+    view_score: float = float("nan")  # NaN without reference views
     probabilities: np.ndarray | None = None
     error: str = ""
     batch_seconds: float = 0.0  # wall time of the inference batch that scored this frame
@@ -49,6 +51,7 @@ class BagScores:
     inference_seconds: float = 0.0  # time inside Engine.score_preprocessed
     reader_cpu_seconds: float = 0.0  # CPU time of the reader thread (read, decode, preprocess)
     errors: Counter = field(default_factory=Counter)
+    references: int = 0  # reference views the view scores were computed against (0 = none)
 
     @property
     def scored(self) -> list[FrameResult]:

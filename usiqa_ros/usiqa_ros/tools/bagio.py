@@ -250,16 +250,88 @@ def serialize(msg: Any) -> bytes:
 
 
 def quality_message(
-    stamp: int, frame_id: str, score: float, grade: int, probs: Any, model_id: str, latency_ns: int, skipped: int
+    stamp: int,
+    frame_id: str,
+    score: float,
+    grade: int,
+    probs: Any,
+    model_id: str,
+    latency_ns: int,
+    skipped: int,
+    artifact_score: float | None = None,
+    view_score: float = float("nan"),
 ) -> Any:
+    """A QualityScore; artifact_score defaults to `score` (no references: view_score NaN)."""
     ts = typestore()
     sec, nsec = divmod(int(latency_ns), 1_000_000_000)
     return ts.types[QUALITY_TYPE](
         header=header(stamp, frame_id),
         score=float(score),
+        artifact_score=float(score if artifact_score is None else artifact_score),
+        view_score=float(view_score),
         grade=int(grade),
         probabilities=np.asarray(probs, dtype=np.float32),
         model_id=model_id,
         latency=ts.types["builtin_interfaces/msg/Duration"](sec, nsec),
         frames_skipped=int(skipped),
     )
+
+
+# ------------------------------------------------------------------------------------------------ score bags
+@dataclass
+class ScoreRecord:
+    """One QualityScore from a bag; fields a bag written before they existed are filled in (see read_scores)."""
+
+    stamp_ns: int
+    frame_id: str
+    score: float
+    artifact_score: float
+    view_score: float
+    grade: int
+    model_id: str
+
+
+def read_scores(path: str | Path, topic: str | None = None) -> tuple[list[ScoreRecord], str]:
+    """QualityScore messages of a bag, decoded with the definition stored in the bag (so bags of older versions
+    read too), and a note ('' or what was filled in). A bag written before artifact_score / view_score existed
+    gives artifact_score = score and view_score = NaN (no references then), said in the note."""
+    out: list[ScoreRecord] = []
+    legacy = 0
+    with open_bag(path) as reader:
+        tops = topics(reader)
+        names = [t for t, (m, _) in tops.items() if m == QUALITY_TYPE]
+        if topic:
+            if topic not in names:
+                raise BagError(f"topic {topic!r} is not a {QUALITY_TYPE} topic of bag {path}; {_describe(tops)}")
+            names = [topic]
+        if len(names) != 1:
+            raise BagError(f"{len(names) or 'no'} {QUALITY_TYPE} topics in bag {path}, name one; {_describe(tops)}")
+        conns = [c for c in reader.connections if c.topic == names[0]]
+        try:
+            for conn, _, raw in reader.messages(connections=conns):
+                m = reader.deserialize(raw, conn.msgtype)
+                if not hasattr(m, "view_score"):
+                    legacy += 1
+                score = float(m.score)
+                out.append(
+                    ScoreRecord(
+                        stamp_ns(m.header.stamp),
+                        m.header.frame_id,
+                        score,
+                        float(getattr(m, "artifact_score", score)),
+                        float(getattr(m, "view_score", float("nan"))),
+                        int(m.grade),
+                        m.model_id,
+                    )
+                )
+        except _READ_ERRORS as e:
+            raise BagError(
+                f"bag {path} is corrupt at score {len(out)} of {names[0]}: {type(e).__name__}: {e}"
+            ) from None
+    note = ""
+    if legacy:
+        note = (
+            f"{legacy} scores in {path} predate artifact_score/view_score (older usiqa_msgs): read with "
+            "artifact_score = score and view_score = NaN (no reference views then)"
+        )
+    return out, note
