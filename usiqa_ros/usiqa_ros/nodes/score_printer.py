@@ -1,6 +1,9 @@
-"""Prints one line per QualityScore on `quality`: stamp, frame, grade, score, node latency, skipped frames."""
+"""Prints one line per QualityScore on `quality`: stamp, frame, grade, score (with its artifact and view parts
+when reference views are loaded), node latency, skipped frames."""
 
 from __future__ import annotations
+
+import math
 
 from rclpy.node import Node
 from usiqa_msgs.msg import QualityScore
@@ -13,9 +16,11 @@ def format_score(msg: QualityScore) -> str:
     stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
     latency_ms = (msg.latency.sec + msg.latency.nanosec * 1e-9) * 1e3
     bar = "#" * round(msg.score * 20)
+    # With reference views: the two parts of the score (artifact x view); without, view_score is NaN.
+    parts = "" if math.isnan(msg.view_score) else f" (artifact {msg.artifact_score:.3f} x view {msg.view_score:.3f})"
     return (
         f"t={stamp:.3f} {msg.header.frame_id:<14} grade {msg.grade} ({grade_name(msg.grade):<9}) "
-        f"score {msg.score:.3f} |{bar:<20}| latency {latency_ms:6.1f} ms  skipped {msg.frames_skipped}"
+        f"score {msg.score:.3f}{parts} |{bar:<20}| latency {latency_ms:6.1f} ms  skipped {msg.frames_skipped}"
     )
 
 
