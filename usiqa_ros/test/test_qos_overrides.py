@@ -5,6 +5,8 @@ winning over them when set at start-up."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from peer_helpers import Peer
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
@@ -72,6 +74,31 @@ def test_invalid_override_fails_activation(ros) -> None:
         assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
         assert node.trigger_activate() != TransitionCallbackReturn.SUCCESS
         assert not node._running
+    finally:
+        node._stop()
+        node.destroy_node()
+
+
+def test_config_example_through_a_real_params_file(ros, tmp_path) -> None:
+    """The qos_overrides example commented in config/iqa.yaml, uncommented, read by rcl's YAML parser."""
+    from usiqa_ros.ros.iqa_node import IqaNode
+
+    lines = (Path(__file__).resolve().parents[1] / "config" / "iqa.yaml").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip() == "#   qos_overrides:")
+    block = []
+    for line in lines[start:]:
+        if not line.strip().startswith("#   "):
+            break
+        block.append("    " + line.strip()[2:])
+    params = tmp_path / "qos.yaml"
+    params.write_text("/**:\n  ros__parameters:\n" + "\n".join(block) + "\n")
+    node = IqaNode("iqa_qos_ovr_file", cli_args=["--ros-args", "--params-file", str(params)])
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        sub, pub = node._subs[0].qos_profile, node._pub.qos_profile
+        assert (node._subs[0].topic_name, sub.reliability, sub.depth) == ("/image", ReliabilityPolicy.RELIABLE, 10)
+        assert (node._pub.topic_name, pub.depth) == ("/quality", 1)
     finally:
         node._stop()
         node.destroy_node()
