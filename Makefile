@@ -21,8 +21,8 @@ underlay: setup
 demo: setup
 	$(PY) -m usiqa_ros.nodes.demo
 
-demo-best-view: setup  # probe_sim sweeps, iqa_node scores, best_view_client searches; result vs ground truth
-	$(PY) -m usiqa_ros.nodes.best_view_demo
+demo-best-view: underlay  # probe_sim sweeps, iqa_node scores and searches; result vs truth; return to best_pose
+	$(WITH_ROS) $(PY) -m usiqa_ros.nodes.best_view_demo
 
 test: underlay
 	$(PY) -m ruff check .

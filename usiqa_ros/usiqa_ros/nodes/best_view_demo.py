@@ -1,11 +1,14 @@
 """Closed-loop best-view demo: probe_sim sweeps the phantom, iqa_node scores every frame, a BestViewClient
-asks for the best view over one sweep, and the result is printed next to the ground truth.
+asks for the best view over one sweep, the result is printed next to the ground truth, and the probe is sent
+back to the result's best_pose, where the node scores it again: the loop a planner runs.
 
     python -m usiqa_ros.nodes.best_view_demo [--period 12] [--rate 15] [--target 0] [--save best.png]
 
-iqa_node and probe_sim run as separate processes (as on a robot); this process records the simulator's
-ground-truth side topics (probe_sim/true_quality, probe_sim/pose) and the node's scores, then matches the
-search result to the probe pose by the frame's header stamp.
+iqa_node (pose_frame:=world) and probe_sim run as separate processes (as on a robot). probe_sim broadcasts its
+pose on TF (world -> us_probe_link), so the node returns the probe pose of the best frame in the result. This
+process records the simulator's ground-truth side topics (probe_sim/true_quality, probe_sim/pose) and the node's
+scores, to compare the result with the truth. Without tf2_ros (no underlay sourced) best_pose is empty and the demo
+returns to the pose probe_sim recorded at the best frame's stamp instead, and says so.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import threading
 import time
 
 import rclpy
-from geometry_msgs.msg import PoseStamped
+from geometry_msgs.msg import Pose, PoseStamped
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from usiqa_msgs.msg import QualityScore
@@ -26,7 +29,7 @@ from usiqa_msgs.msg import QualityScore
 from usiqa_ros.nodes.demo import default_params_file, stop_process
 from usiqa_ros.nodes.probe_sim import pose_to_probe
 from usiqa_ros.ros.best_view import OUTCOME_NAMES
-from usiqa_ros.ros.best_view_client import BestViewClient, format_feedback, format_result
+from usiqa_ros.ros.best_view_client import BestViewClient, format_feedback, format_pose, format_result
 
 
 def _ns(stamp) -> int:
@@ -45,6 +48,7 @@ class Recorder(Node):
         self.create_subscription(QualityScore, "probe_sim/true_quality", self._on_truth, 50)
         self.create_subscription(PoseStamped, "probe_sim/pose", self._on_pose, 50)
         self.create_subscription(QualityScore, "quality", self._on_score, 50)
+        self.command = self.create_publisher(Pose, "probe_pose", 10)
 
     def _on_truth(self, m: QualityScore) -> None:
         with self.lock:
@@ -66,6 +70,11 @@ def _pose_text(ps: PoseStamped | None) -> str:
     return f"x {p.x:+6.1f} mm  y {p.y:+6.1f} mm  lift {p.lift:4.1f} mm  tilt {p.tilt:+5.1f} deg"
 
 
+def _same_pose(a: Pose, b: Pose, tol: float = 1e-6) -> bool:
+    pa, pb = pose_to_probe(a), pose_to_probe(b)
+    return all(abs(u - v) < tol * 1e3 for u, v in ((pa.x, pb.x), (pa.y, pb.y), (pa.lift, pb.lift), (pa.tilt, pb.tilt)))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--period", type=float, default=12.0, help="seconds per sweep; the search lasts one sweep")
@@ -74,10 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params-file", default="", help="iqa_node parameters (default: config/iqa.yaml)")
     ap.add_argument("--save", default="", help="write the returned best frame to this PNG")
     ap.add_argument("--startup-timeout", type=float, default=120.0, help="seconds to wait for the first score")
+    ap.add_argument("--dwell", type=int, default=10, help="frames scored at the returned pose")
     args = ap.parse_args(argv)
 
     params = args.params_file or str(default_params_file())
     node_cmd = [sys.executable, "-m", "usiqa_ros.ros.iqa_node", "--ros-args", "--params-file", params]
+    node_cmd += ["-p", "pose_frame:=world"]  # best_pose = world <- image frame_id (probe_sim's TF)
     sim_cmd = [sys.executable, "-m", "usiqa_ros.nodes.probe_sim", "--ros-args"]
     sim_cmd += ["-p", f"rate:={args.rate}", "-p", f"sweep_period_s:={args.period}"]
     print(f"[demo] starting iqa_node and probe_sim (sweep {args.period:g} s at {args.rate:g} Hz)", flush=True)
@@ -116,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(0.5)  # let the last side-topic messages arrive
         print(format_result(result))
         code = _report(rec, result, started, ended)
+        if code == 0:
+            code = _return_to_best(rec, result, args.dwell)
         if args.save and result.best_image.data:
             import cv2
 
@@ -164,6 +177,51 @@ def _report(rec: Recorder, result, started_ns: int, ended_ns: int) -> int:
                 f"[demo] model vs truth on these frames: Spearman {rho:+.2f}; the returned frame's true quality "
                 f"is at percentile {100 * rank:.0f}"
             )
+    return 0
+
+
+def _return_to_best(rec: Recorder, result, dwell: int, timeout: float = 30.0) -> int:
+    """Send probe_sim to the result's best_pose (as a planner would), wait for `dwell` frames scored there, and
+    print their model scores and true quality beside the best frame's."""
+    best_ns = _ns(result.best.header.stamp)
+    with rec.lock:
+        recorded = rec.poses.get(best_ns)
+    if result.best_pose.header.frame_id:
+        target, source = result.best_pose.pose, f"best_pose from TF ({format_pose(result.best_pose)})"
+    elif recorded is not None:
+        why = result.message.split("best_pose empty: ")[-1]
+        target, source = recorded.pose, f"probe_sim's recorded pose, best_pose is empty: {why}"
+    else:
+        print("[demo] cannot return to the best view: no best_pose and no recorded pose at its stamp")
+        return 1
+    print(f"[demo] returning the probe to the best view: {_pose_text(PoseStamped(pose=target))}\n       ({source})")
+    if recorded is not None and target is not recorded.pose:
+        a, b = pose_to_probe(target), pose_to_probe(recorded.pose)
+        err = max(abs(a.x - b.x), abs(a.y - b.y), abs(a.lift - b.lift))
+        print(f"[demo] best_pose vs probe_sim's pose at the best stamp: {err:.4f} mm, {abs(a.tilt - b.tilt):.4f} deg")
+    sent = rec.get_clock().now().nanoseconds
+    rec.command.publish(target)
+    deadline = time.monotonic() + timeout
+    while True:  # frames rendered at the commanded pose (stamped after the command) and scored by the node
+        with rec.lock:
+            there = [s for s in sorted(rec.scores) if s > sent and s in rec.truth and s in rec.poses]
+            there = [s for s in there if _same_pose(rec.poses[s].pose, target)]
+            scores, truth = [rec.scores[s] for s in there], [rec.truth[s] for s in there]
+            best_truth = rec.truth.get(best_ns, float("nan"))
+        if len(there) >= dwell:
+            break
+        if time.monotonic() > deadline:
+            print(
+                f"[demo] only {len(there)} frames scored at the returned pose within {timeout:.0f} s", file=sys.stderr
+            )
+            return 1
+        time.sleep(0.1)
+    scores, truth = scores[:dwell], truth[:dwell]
+    print(
+        f"[demo] back at the best view: model {sum(scores) / len(scores):.3f} (min {min(scores):.3f}, max "
+        f"{max(scores):.3f} over {len(scores)} frames)  truth {truth[0]:.3f}\n"
+        f"[demo] best frame of the search: model {result.best.score:.3f}  truth {best_truth:.3f}"
+    )
     return 0
 
 

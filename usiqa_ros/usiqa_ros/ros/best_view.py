@@ -425,7 +425,7 @@ class BestViewServer:
     # ------------------------------------------------------------ execute loop
     def _outcome(self, s: _Search, now_ns: int) -> tuple[int, str] | None:
         """The goal's outcome if it is decided at `now_ns` (node clock), else None. Called under the lock."""
-        stale = f"; {s.stale} frames stamped before min_stamp ignored" if s.stale else ""
+        stale = f"; {s.stale} frame{'s' if s.stale > 1 else ''} stamped before min_stamp ignored" if s.stale else ""
         if s.cancel_requested:
             return Result.CANCELED, "canceled by the client" + stale
         if s.shutdown:
