@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 from usiqa_ros.core.checkpoint import load_checkpoint, save_checkpoint
 from usiqa_ros.core.data.datasets import GradedItem, load_any, read_image
 from usiqa_ros.core.data.splits import grouped_split, load_split, save_split
+from usiqa_ros.core.device import resolve_device
 from usiqa_ros.core.model import USQNet, build_model
 from usiqa_ros.core.model.usqnet import PRESETS, USQNetConfig
 from usiqa_ros.core.safe_io import atomic_write_with
@@ -28,7 +29,6 @@ from usiqa_ros.core.train.config import TrainConfig, save_config
 class Dist:
     rank: int = 0
     world: int = 1
-    local_rank: int = 0
 
     @property
     def main(self) -> bool:
@@ -42,20 +42,13 @@ def init_distributed(device: torch.device) -> Dist:
         return Dist()
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        return torch.device("cpu")
-    return torch.device(name)
+    return Dist(dist.get_rank(), dist.get_world_size())
 
 
 def start_run(cfg: TrainConfig) -> tuple[torch.device, Dist, Path]:
     """Device, process group and seed for a run; rank 0 creates the run directory with its config.yaml."""
-    device = pick_device(cfg.device)
+    # A training run asked for CUDA should not quietly take hours on the CPU: require the device.
+    device = resolve_device(cfg.device, require=True, cuda_index=int(os.environ.get("LOCAL_RANK", "0")))
     dd = init_distributed(device)
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)

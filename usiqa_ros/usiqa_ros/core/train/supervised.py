@@ -7,7 +7,6 @@ trains (DDP, gradients averaged), each evaluates the same validation set, only r
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from collections import Counter
@@ -26,6 +25,7 @@ from usiqa_ros.core import metrics
 from usiqa_ros.core.checkpoint import load_checkpoint
 from usiqa_ros.core.data.datasets import GradedImageDataset, require_grades
 from usiqa_ros.core.data.synthetic import SyntheticConfig, SyntheticGradedDataset
+from usiqa_ros.core.device import autocast
 from usiqa_ros.core.model import USQNet, expected_score
 from usiqa_ros.core.preprocess import PreprocessConfig
 from usiqa_ros.core.train.common import (
@@ -78,12 +78,6 @@ def grade_loss(logits: torch.Tensor, y: torch.Tensor, cfg: TrainConfig) -> torch
     elif cfg.loss != "ce":
         raise ValueError(f"loss must be 'ce' or 'ce_mse', not {cfg.loss!r}")
     return loss
-
-
-def autocast(device: torch.device, enabled: bool):
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if device.type == "cpu" else torch.float16)
 
 
 def make_datasets(cfg: TrainConfig, model: USQNet, out: Path | None) -> tuple[Dataset, Dataset, dict[str, Any]]:
