@@ -276,6 +276,11 @@ class IqaNode(LifecycleNode):
             self._best_view_config = BestViewConfig.from_node(self)
             t0 = time.perf_counter()
             self.engine = Engine(cfg)
+            if self.engine.num_grades != len(QualityScore().probabilities):  # float32[5]: consumers rely on 5
+                raise EngineError(
+                    f"model {self.engine.model_path} has {self.engine.num_grades} grades; "
+                    f"QualityScore.probabilities holds exactly {len(QualityScore().probabilities)}"
+                )
             self.references = self._load_references(self.engine)
         except (CheckpointError, EngineError, ValueError) as e:  # ReferenceError is a ValueError
             self.get_logger().error(f"configure failed: {e}")
