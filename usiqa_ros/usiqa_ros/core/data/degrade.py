@@ -1,13 +1,37 @@
-"""Ultrasound-specific image degradations with a controlled severity, for graded synthetic data.
+"""Ultrasound artefact FAMILIES with randomised, physically motivated parameters and a controlled severity.
 
-Every transform takes a gray float32 frame in [0, 1] (H x W, any size), a severity in [0, 1] (0 = no
-change, 1 = the heaviest version) and an explicit `numpy.random.Generator`, and returns a new float32 frame
-in [0, 1]. Sizes are relative to the frame, so one severity means the same at 320 px and at 512 px.
+Every family takes a gray float32 frame in [0, 1] (H x W, any size, as displayed: log-compressed B-mode), a
+severity in [0, 1] (0 = no change, 1 = the heaviest version) and an explicit `numpy.random.Generator`, and
+returns a new float32 frame in [0, 1]. Each call draws its own mechanism and parameters (grain size,
+orientation, where in the image, how the effect is shaped) so that a model learns the family, not one
+implementation. Sizes are relative to the frame, so one severity means the same at 320 px and at 512 px.
+Families act inside the scan sector (`scan_mask`), so black borders stay as the scanner drew them.
 
-Depth attenuation, the Gaussian shadow and the haze follow the formulas of `usaugment` (Ostvik et al. 2021;
-Smistad et al. 2018). That package is not used directly: it draws from the global `random`/`np.random` state
-(no per-sample generator, so no reproducible severity), has no severity parameter, and brings albumentations
-and scikit-image for about a hundred lines of arithmetic.
+Severity -> quality: `severity_to_score(s)` = 1 - (0.1 + 0.9 s) for s > 0 (and 1 for the clean frame), the
+training target of the score; grade = 1 + round(4 * score). A severity of 0.1 is meant to be just visible to
+a sonographer, 0.5 clearly worse, 1.0 unusable.
+
+Families (what each models):
+- noise_uncorrelated: pixel-level multiplicative speckle and additive electronic noise (independent pixels).
+- speckle_correlated: coarse, laterally elongated speckle grain and band-limited electronic noise.
+- haze: incoherent clutter (near-field haze, diffuse fog, patches, or only the dark regions) that lifts the
+  anechoic (black) regions to grey while bright tissue stays bright.
+- clutter: reverberation bands (copies of the near field at multiples of its depth), side-lobe smear of bright
+  reflectors laterally into dark regions, or a ghost copy (grating lobe), added like haze.
+- defocus_blur: poor lateral/axial resolution, uniform or growing away from a focal depth.
+- motion_blur: probe or tissue motion during the frame: a line kernel (mostly lateral) or a double exposure.
+- gain_low: overall gain too low: echoes crushed towards black.
+- gain_high: gain too high: saturation, echoes clipped to white, the noise floor lifted.
+- tgc: time-gain-compensation/depth errors: too little gain with depth, or a band of depth too dark/bright.
+- contact_loss: poor probe-skin coupling: the whole sector, a lateral part or an edge wedge goes dark, with
+  ring-down lines.
+- shadow: acoustic shadows behind strong reflectors (rib, bone, gas): dark bands below a depth.
+- compression: lossy transmission: JPEG blocking, resolution loss and grey-level quantisation.
+- dropped_lines: missing scan lines (dark or stuck columns/rays), single or in clusters.
+
+Depth attenuation, the Gaussian shadow and the near-field haze follow the formulas of `usaugment` (Ostvik et
+al. 2021; Smistad et al. 2018); the rest is written here. `degrade` also accepts the kind names of the first
+version (blur, gain, depth_attenuation, haze_reverberation, speckle_noise, cutoff) as aliases.
 """
 
 from __future__ import annotations
@@ -31,9 +55,41 @@ def scan_mask(gray: np.ndarray, threshold: float = 0.04) -> np.ndarray:
     mask = (smooth > threshold).astype(np.uint8)
     kc = max(3, (min(h, w) // 20) | 1)
     mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (kc, kc)))
+    # Fill holes: anechoic regions inside the sector (a bladder, a chamber) belong to it.
+    filled = mask.copy()
+    flood = np.zeros((h + 2, w + 2), np.uint8)
+    border_black = [(x, y) for x, y in ((0, 0), (w - 1, 0), (0, h - 1), (w - 1, h - 1)) if filled[y, x] == 0]
+    if border_black:
+        for x, y in border_black:
+            if flood[y + 1, x + 1] == 0:
+                cv2.floodFill(filled, flood, (x, y), 2)
+        mask = (filled != 2).astype(np.uint8)
     if mask.mean() < 0.05:  # nearly black frame: treat the whole frame as the sector
         mask[:] = 1
     return mask.astype(np.float32)
+
+
+def dark_region_mask(gray: np.ndarray, sector: np.ndarray | None = None, min_fraction: float = 0.01) -> np.ndarray:
+    """Float mask of the anechoic (dark) regions inside the sector: smoothed level below the sector's 25th
+    percentile and below 0.2, opened, components of at least `min_fraction` of the sector. May be empty."""
+    h, w = gray.shape
+    sector = scan_mask(gray) if sector is None else sector
+    inside = sector > 0
+    if inside.sum() < 16:
+        return np.zeros_like(gray)
+    k = max(3, (min(h, w) // 25) | 1)
+    smooth = cv2.GaussianBlur(gray, (k, k), 0)
+    thr = min(0.2, float(np.percentile(smooth[inside], 25)) + 0.02)
+    dark = ((smooth < thr) & inside).astype(np.uint8)
+    ko = max(3, (min(h, w) // 30) | 1)
+    dark = cv2.morphologyEx(dark, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (ko, ko)))
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(dark, connectivity=8)
+    keep = np.zeros_like(dark)
+    min_area = min_fraction * inside.sum()
+    for i in range(1, n):
+        if stats[i, cv2.CC_STAT_AREA] >= min_area:
+            keep[labels == i] = 1
+    return keep.astype(np.float32)
 
 
 def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
@@ -43,131 +99,289 @@ def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def _correlated_noise(h: int, w: int, sigma_px: float, rng: np.random.Generator) -> np.ndarray:
-    """Zero-mean, unit-variance Gaussian noise smoothed over `sigma_px` pixels (speckle-like grain)."""
+def _noise(h: int, w: int, sx: float, sy: float, rng: np.random.Generator) -> np.ndarray:
+    """Zero-mean, unit-variance Gaussian noise smoothed over (sx, sy) pixels (lateral, axial)."""
     n = rng.standard_normal((h, w)).astype(np.float32)
-    if sigma_px > 0.3:
-        n = cv2.GaussianBlur(n, (0, 0), sigma_px)
+    if sx > 0.3 or sy > 0.3:
+        n = cv2.GaussianBlur(n, (0, 0), sigmaX=max(sx, 0.3), sigmaY=max(sy, 0.3))
         n /= max(float(n.std()), 1e-6)
     return n
 
 
-def blur(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
-    """Defocus / poor lateral resolution: Gaussian blur, wider laterally than axially."""
-    h, w = img.shape
-    sx = (0.003 + 0.03 * s) * w * rng.uniform(0.85, 1.15)
-    sy = sx * rng.uniform(0.4, 0.8)
-    return np.clip(cv2.GaussianBlur(img, (0, 0), sigmaX=sx, sigmaY=sy), 0, 1)
+def _soft(mask: np.ndarray, sigma_px: float) -> np.ndarray:
+    return cv2.GaussianBlur(mask.astype(np.float32), (0, 0), max(sigma_px, 0.5))
 
 
-def gain(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
-    """Wrong overall gain: too dark (low gain, crushed echoes) or too bright (saturated)."""
-    if rng.random() < 0.6:
-        g = 1.0 - 0.85 * s
-        return np.clip(img * g, 0, 1) ** (1.0 + 1.5 * s)
-    g = 1.0 + 3.5 * s
-    return np.clip(img * g + 0.15 * s * scan_mask(img), 0, 1)
+def _screen(img: np.ndarray, layer: np.ndarray) -> np.ndarray:
+    """Add incoherent energy as displayed: dark pixels rise most, bright ones saturate (1-(1-a)(1-b))."""
+    return 1.0 - (1.0 - img) * (1.0 - np.clip(layer, 0, 1))
 
 
-def depth_attenuation(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
-    """Time-gain compensation too low: intensity decays with distance from the probe (Ostvik et al. 2021)."""
-    h, w = img.shape
+def _blob_envelope(h: int, w: int, rng: np.random.Generator, n: int) -> np.ndarray:
     x, y = _grid(h, w)
-    cx = rng.uniform(0.4, 0.6)
-    dist = np.sqrt((x - cx) ** 2 + y**2)
-    rate = 0.3 + 6.0 * s * rng.uniform(0.85, 1.15)
-    att = np.exp(-rate * dist)
-    return np.clip(img * att, 0, 1)
+    env = np.zeros((h, w), np.float32)
+    for _ in range(n):
+        cx, cy = rng.uniform(0.1, 0.9), rng.uniform(0.1, 0.9)
+        rx, ry = rng.uniform(0.08, 0.35), rng.uniform(0.08, 0.3)
+        env = np.maximum(env, np.exp(-(((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2)))
+    return env
 
 
-def contact_loss(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
-    """Poor probe-skin coupling: a lateral part of the sector goes dark, with faint ring-down lines."""
+def noise_uncorrelated(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
+    h, w = img.shape
+    mask = scan_mask(img)
+    mode = rng.random()
+    mult_sigma = (0.08 + 0.55 * s) * rng.uniform(0.8, 1.2) * (mode < 0.7)
+    add_sigma = (0.02 + 0.16 * s) * rng.uniform(0.8, 1.2) * (mode > 0.3)
+    mult = rng.standard_normal((h, w)).astype(np.float32)
+    if rng.random() < 0.5:  # Rayleigh-like (envelope detection) instead of Gaussian
+        mult = (rng.rayleigh(1.0, (h, w)).astype(np.float32) - 1.2533) / 0.6551
+    add = rng.standard_normal((h, w)).astype(np.float32)
+    if rng.random() < 0.5:  # electronic noise grows with depth (TGC amplifies it)
+        _, y = _grid(h, w)
+        add = add * (0.4 + 1.2 * y)
+    out = img * (1 + mult_sigma * mult) + add_sigma * np.abs(add) * mask * rng.choice([1.0, 1.6])
+    return np.clip(img + (out - img) * mask, 0, 1)
+
+
+def speckle_correlated(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
+    h, w = img.shape
+    mask = scan_mask(img)
+    grain = rng.uniform(0.003, 0.012) * w
+    sx, sy = grain * rng.uniform(1.0, 2.5), grain * rng.uniform(0.5, 1.0)
+    mult = _noise(h, w, sx, sy, rng)
+    amp = (0.15 + 0.65 * s) * rng.uniform(0.8, 1.2)
+    out = img * (1 + amp * mult)
+    if rng.random() < 0.6:
+        add = np.abs(_noise(h, w, sx * 0.7, sy * 0.7, rng))
+        out = out + (0.02 + 0.14 * s) * add * mask
+    return np.clip(img + (out - img) * mask, 0, 1)
+
+
+def haze(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
     h, w = img.shape
     x, y = _grid(h, w)
     mask = scan_mask(img)
-    frac = 0.08 + 0.6 * s
+    grain = rng.uniform(0.004, 0.02) * w
+    texture = np.clip(0.65 + rng.uniform(0.1, 0.35) * _noise(h, w, grain * 1.5, grain, rng), 0, 1.2)
+    mode = rng.choice(["near_field", "fog", "patches", "dark_only"], p=[0.3, 0.25, 0.2, 0.25])
+    if mode == "near_field":  # Ostvik et al. 2021: clutter in a band near the probe
+        r = np.sqrt((x - rng.uniform(0.35, 0.65)) ** 2 + y**2)
+        r0, sig = rng.uniform(0.0, 0.45), rng.uniform(0.1, 0.3)
+        env = np.exp(-((r - r0) ** 2) / (2 * sig**2))
+    elif mode == "fog":
+        env = np.full((h, w), rng.uniform(0.7, 1.0), np.float32)
+    elif mode == "patches":
+        env = _blob_envelope(h, w, rng, int(rng.integers(1, 4)))
+    else:  # only where the image is dark: a filled chamber/bladder with the tissue untouched
+        dark = dark_region_mask(img, mask)
+        if dark.sum() < 16:
+            dark = _blob_envelope(h, w, rng, 2)
+        env = _soft(dark, 0.01 * w)
+    amp = (0.15 + 0.7 * s) * rng.uniform(0.85, 1.15)
+    out = _screen(img, amp * env * texture * mask)
+    if rng.random() < 0.4:  # haze also flattens contrast
+        c = 0.25 * s * rng.random()
+        out = (1 - c) * out + c * float(out[mask > 0].mean() if mask.any() else out.mean())
+    return np.clip(img + (out - img) * mask, 0, 1).astype(np.float32)
+
+
+def clutter(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
+    h, w = img.shape
+    mask = scan_mask(img)
+    amp = (0.15 + 0.65 * s) * rng.uniform(0.85, 1.15)
+    mode = rng.choice(["reverberation", "sidelobe", "ghost"], p=[0.4, 0.4, 0.2])
+    layer = np.zeros((h, w), np.float32)
+    if mode == "reverberation":  # the near field repeated at multiples of its depth, each copy weaker
+        band = max(2, int(h * rng.uniform(0.04, 0.14)))
+        top = int(h * rng.uniform(0.0, 0.15))
+        near = img[top : top + band]
+        decay = rng.uniform(0.6, 0.9)
+        k = 1
+        while True:
+            start = top + k * band
+            if start >= h or k > 12:
+                break
+            stop = min(h, start + band)
+            layer[start:stop] = np.maximum(layer[start:stop], decay**k * near[: stop - start])
+            k += 1
+        layer = cv2.GaussianBlur(layer, (0, 0), sigmaX=0.01 * w, sigmaY=0.003 * h)
+    elif mode == "sidelobe":  # bright reflectors smeared laterally into their dark surroundings
+        bright = np.clip(img - np.percentile(img, 70), 0, 1) ** rng.uniform(0.7, 1.3)
+        layer = cv2.GaussianBlur(bright, (0, 0), sigmaX=rng.uniform(0.03, 0.12) * w, sigmaY=0.004 * h)
+        layer /= max(float(layer.max()), 1e-6)
+    else:  # a faint laterally shifted copy (grating lobe)
+        dx = int(rng.uniform(0.08, 0.3) * w) * int(rng.choice([-1, 1]))
+        layer = np.roll(img, dx, axis=1)
+    texture = np.clip(1 + 0.3 * _noise(h, w, 0.006 * w, 0.003 * w, rng), 0, 2)
+    out = _screen(img, amp * layer * texture * mask)
+    return np.clip(out, 0, 1).astype(np.float32)
+
+
+def defocus_blur(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
+    h, w = img.shape
+    sx = (0.002 + 0.022 * s) * w * rng.uniform(0.8, 1.2)
+    sy = sx * rng.uniform(0.3, 1.0)
+    blurred = cv2.GaussianBlur(img, (0, 0), sigmaX=sx, sigmaY=sy)
+    if rng.random() < 0.4:  # sharp at the focal depth, blurred away from it
+        _, y = _grid(h, w)
+        wgt = np.clip(np.abs(y - rng.uniform(0.1, 0.6)) / rng.uniform(0.15, 0.4), 0, 1)
+        blurred = img * (1 - wgt) + blurred * wgt
+    return np.clip(blurred, 0, 1)
+
+
+def motion_blur(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
+    h, w = img.shape
+    length = max(2.0, (0.01 + 0.07 * s) * w * rng.uniform(0.8, 1.2))
+    if rng.random() < 0.75:
+        angle = rng.uniform(-30, 30)  # probe sliding: mostly lateral
+    else:
+        angle = rng.uniform(0, 180)
+    if rng.random() < 0.25:  # double exposure (frame averaging across motion)
+        dx = int(round(length * np.cos(np.radians(angle))))
+        dy = int(round(length * np.sin(np.radians(angle))))
+        shifted = np.roll(np.roll(img, dx, axis=1), dy, axis=0)
+        return np.clip(0.5 * img + 0.5 * shifted, 0, 1)
+    k = int(np.ceil(length)) | 1
+    kernel = np.zeros((k, k), np.float32)
+    kernel[k // 2, :] = 1.0
+    rot = cv2.getRotationMatrix2D((k / 2 - 0.5, k / 2 - 0.5), angle, 1.0)
+    kernel = cv2.warpAffine(kernel, rot, (k, k))
+    kernel /= max(float(kernel.sum()), 1e-6)
+    return np.clip(cv2.filter2D(img, -1, kernel, borderType=cv2.BORDER_REFLECT), 0, 1)
+
+
+def gain_low(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
+    g = 1.0 - (0.25 + 0.65 * s) * rng.uniform(0.9, 1.1)
+    gamma = 1.0 + rng.uniform(0.5, 2.0) * s
+    return np.clip(np.clip(img * max(g, 0.03), 0, 1) ** gamma, 0, 1).astype(np.float32)
+
+
+def gain_high(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
+    mask = scan_mask(img)
+    g = 1.0 + (0.4 + 3.5 * s) * rng.uniform(0.85, 1.15)
+    floor = (0.03 + 0.2 * s) * rng.random()
+    gamma = 1.0 / (1.0 + rng.uniform(0.0, 1.0) * s)
+    out = np.clip(img * g, 0, 1) ** gamma + floor * mask
+    return np.clip(out, 0, 1).astype(np.float32)
+
+
+def tgc(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
+    h, w = img.shape
+    x, y = _grid(h, w)
+    mode = rng.choice(["attenuation", "band", "curve"], p=[0.45, 0.3, 0.25])
+    if mode == "attenuation":  # Ostvik et al. 2021: gain falls with distance from the probe
+        dist = np.sqrt((x - rng.uniform(0.4, 0.6)) ** 2 + y**2)
+        gain = np.exp(-(0.5 + 5.0 * s) * rng.uniform(0.85, 1.15) * dist)
+    elif mode == "band":  # one TGC slider wrong: a depth band too dark or too bright
+        c, width = rng.uniform(0.2, 0.85), rng.uniform(0.08, 0.3)
+        prof = np.exp(-((y - c) ** 2) / (2 * width**2))
+        sign = -1 if rng.random() < 0.6 else 1
+        gain = np.broadcast_to(1 + sign * (0.35 + 0.6 * s) * prof * (1.8 if sign > 0 else 1), (h, w))
+    else:  # a random smooth gain curve over depth
+        knots = rng.uniform(-1, 1, 5) * (0.3 + 0.9 * s)
+        prof = np.interp(y[:, 0], np.linspace(0, 1, 5), knots).astype(np.float32)
+        gain = np.broadcast_to(np.exp(prof)[:, None], (h, w))
+    return np.clip(img * gain, 0, 1).astype(np.float32)
+
+
+def contact_loss(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
+    h, w = img.shape
+    x, y = _grid(h, w)
+    mask = scan_mask(img)
     cols = np.flatnonzero(mask.mean(axis=0) > 0.02)
     lo, hi = (cols[0] / w, cols[-1] / w) if cols.size else (0.0, 1.0)
-    width = frac * (hi - lo)
-    soft = 0.03
-    if rng.random() < 0.5:  # from the left edge of the sector
-        edge = lo + width
-        lost = np.clip((edge - x) / soft + 0.5, 0, 1)
-    else:
-        edge = hi - width
-        lost = np.clip((x - edge) / soft + 0.5, 0, 1)
-    lost = np.broadcast_to(lost, (h, w))
-    residual = 0.05 + 0.1 * (1 - s)
-    ring = 0.5 + 0.5 * np.cos(2 * np.pi * y * rng.uniform(6, 12))
-    ring_down = 0.08 * ring * np.exp(-4 * y) * mask
+    mode = rng.choice(["partial", "edge", "full"], p=[0.5, 0.3, 0.2])
+    soft = rng.uniform(0.01, 0.06)
+    if mode == "full":
+        lost = np.ones((h, w), np.float32) * min(1.0, 0.5 + 0.6 * s)
+    elif mode == "partial":
+        width = (0.08 + 0.6 * s) * (hi - lo)
+        if rng.random() < 0.5:
+            lost = np.clip((lo + width - x) / soft + 0.5, 0, 1)
+        else:
+            lost = np.clip((x - (hi - width)) / soft + 0.5, 0, 1)
+        lost = np.broadcast_to(lost, (h, w)).astype(np.float32)
+    else:  # a wedge from the probe face: lifted edge of the probe
+        width = (0.1 + 0.5 * s) * (hi - lo)
+        slope = rng.uniform(0.5, 2.0)
+        edge = lo + width * (1 - y / slope) if rng.random() < 0.5 else None
+        lost = (
+            np.clip((edge - x) / soft + 0.5, 0, 1)
+            if edge is not None
+            else np.clip((x - (hi - width * (1 - y / slope))) / soft + 0.5, 0, 1)
+        ).astype(np.float32)
+    residual = (0.03 + 0.12 * (1 - s)) * rng.uniform(0.5, 1.5)
+    ring = 0.5 + 0.5 * np.cos(2 * np.pi * y * rng.uniform(6, 14) + rng.uniform(0, 6.3))
+    ring_down = rng.uniform(0.03, 0.12) * ring * np.exp(-rng.uniform(2, 6) * y) * mask
     out = img * (1 - lost) + lost * (img * residual + ring_down)
     return np.clip(out, 0, 1).astype(np.float32)
 
 
 def shadow(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
-    """Acoustic shadow(s) behind a strong reflector (rib, bone, gas): dark vertical band(s) below a depth.
-
-    Lateral profile is Gaussian as in usaugment's GaussianShadow (Smistad et al. 2018), extended downwards
-    from the reflector's depth to the bottom of the image, as a real shadow is.
-    """
     h, w = img.shape
     x, y = _grid(h, w)
     shade = np.ones((h, w), np.float32)
-    n = 1 if s < 0.5 else int(rng.integers(1, 3))
+    n = int(rng.integers(1, 2 + int(2 * s)))
+    fan = rng.random() < 0.5
+    apex = rng.uniform(-0.6, -0.1)  # a convex probe's virtual apex above the image
     for _ in range(n):
-        cx = rng.uniform(0.2, 0.8)
-        sx = (0.03 + 0.12 * s) * rng.uniform(0.8, 1.2)
-        y0 = rng.uniform(0.05, 0.4)
-        strength = 0.35 + 0.6 * s
-        lateral = np.exp(-((x - cx) ** 2) / (2 * sx**2))
-        below = np.clip((y - y0) / 0.03, 0, 1)
+        cx = rng.uniform(0.15, 0.85)
+        sx = (0.025 + 0.12 * s) * rng.uniform(0.7, 1.3) / n**0.5
+        y0 = rng.uniform(0.03, 0.45)
+        strength = min(0.97, (0.4 + 0.55 * s) * rng.uniform(0.85, 1.1))
+        if fan:  # follow the ray from the apex through (cx, y0)
+            xr = 0.5 + (cx - 0.5) * (y - apex) / (y0 - apex)
+        else:
+            xr = cx
+        lateral = np.exp(-((x - xr) ** 2) / (2 * sx**2))
+        below = np.clip((y - y0) / rng.uniform(0.01, 0.05), 0, 1)
         shade *= 1 - strength * lateral * below
     return np.clip(img * shade, 0, 1)
 
 
-def haze_reverberation(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
-    """Near-field clutter haze (Ostvik et al. 2021) plus reverberation: fading copies of the near field."""
+def compression(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
     h, w = img.shape
-    x, y = _grid(h, w)
-    mask = scan_mask(img)
-    r = np.sqrt((x - 0.5) ** 2 + y**2)
-    r0 = rng.uniform(0.1, 0.5)
-    sig = rng.uniform(0.08, 0.2)
-    grain = np.clip(_correlated_noise(h, w, 0.004 * w, rng) * 0.3 + 0.6, 0, 1)
-    haze = grain * np.exp(-((r - r0) ** 2) / (2 * sig**2))
-    out = img + (0.15 + 0.65 * s) * haze * mask
-    # Reverberation: the top band repeated at multiples of its depth, each copy weaker.
-    band = max(2, int(h * rng.uniform(0.06, 0.12)))
-    near = img[:band]
-    amp = 0.2 + 0.6 * s
-    for k in range(1, int(1 / (band / h))):
-        start = k * band
-        if start >= h:
-            break
-        stop = min(h, start + band)
-        out[start:stop] += amp * (0.75**k) * near[: stop - start] * mask[start:stop]
-    # Clutter fills the dark regions: contrast drops.
-    c = 0.1 + 0.35 * s
-    out = (1 - c) * out + c * 0.35 * mask
+    out = img
+    if rng.random() < 0.5:  # resolution loss on the way (transmitted at a lower size)
+        f = 1.0 + 2.5 * s * rng.uniform(0.6, 1.2)
+        small = cv2.resize(out, (max(8, int(w / f)), max(8, int(h / f))), interpolation=cv2.INTER_AREA)
+        out = cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST if rng.random() < 0.5 else cv2.INTER_LINEAR)
+    quality = int(np.clip(round(70 - 65 * s * rng.uniform(0.85, 1.15)), 2, 95))
+    u8 = np.round(np.clip(out, 0, 1) * 255).astype(np.uint8)
+    ok, enc = cv2.imencode(".jpg", u8, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if ok:
+        u8 = cv2.imdecode(enc, cv2.IMREAD_GRAYSCALE)
+    out = u8.astype(np.float32) / 255.0
+    if rng.random() < 0.4:  # grey-level quantisation (posterisation)
+        levels = max(3, int(round(64 * (1 - s) ** 2)) + 3)
+        out = np.round(out * (levels - 1)) / (levels - 1)
     return np.clip(out, 0, 1).astype(np.float32)
 
 
-def speckle_noise(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
-    """Heavy multiplicative speckle plus electronic (additive) noise, grain of about 0.5 % of the width."""
+def dropped_lines(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
     h, w = img.shape
+    x, y = _grid(h, w)
     mask = scan_mask(img)
-    grain = 0.005 * w
-    mult = _correlated_noise(h, w, grain, rng)
-    add = _correlated_noise(h, w, grain * 0.6, rng)
-    out = img * (1 + (0.15 + 0.75 * s) * mult) + (0.03 + 0.17 * s) * add * mask
-    return np.clip(out, 0, 1)
+    width = max(1, int(round(rng.uniform(0.002, 0.008) * w)))
+    n_lines = max(1, int(round((0.01 + 0.12 * s) * rng.uniform(0.7, 1.3) * w / width)))
+    radial = rng.random() < 0.5
+    apex = rng.uniform(-0.6, -0.1)
+    clustered = rng.random() < 0.5
+    centre = rng.uniform(0.15, 0.85)
+    lines = np.zeros((h, w), np.float32)
+    for _ in range(n_lines):
+        cx = centre + rng.normal(0, 0.08) if clustered else rng.uniform(0.05, 0.95)
+        xr = 0.5 + (cx - 0.5) * (y - apex) / (0.3 - apex) if radial else cx
+        lines = np.maximum(lines, (np.abs(x - xr) * w < width / 2 + 0.5).astype(np.float32))
+    value = 0.0 if rng.random() < 0.7 else float(rng.uniform(0.3, 1.0))  # dead or stuck channel
+    out = img * (1 - lines * mask) + value * lines * mask
+    return np.clip(out, 0, 1).astype(np.float32)
 
 
 def cutoff(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
-    """Anatomy cut off: the probe is off target, so part of the scene has left the field of view.
-
-    Modelled as a shift of the content towards one side (left, right or deeper), the vacated part black.
-    """
+    """Anatomy cut off (a view problem, not an artefact; kept for the tools of the first version): the content
+    shifted towards one side (left, right or deeper), the vacated part black."""
     h, w = img.shape
     frac = 0.06 + 0.44 * s
     direction = rng.integers(0, 3)
@@ -184,26 +398,55 @@ def cutoff(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-DEGRADATIONS: dict[str, Degradation] = {
-    "blur": blur,
-    "gain": gain,
-    "depth_attenuation": depth_attenuation,
+FAMILIES: dict[str, Degradation] = {
+    "noise_uncorrelated": noise_uncorrelated,
+    "speckle_correlated": speckle_correlated,
+    "haze": haze,
+    "clutter": clutter,
+    "defocus_blur": defocus_blur,
+    "motion_blur": motion_blur,
+    "gain_low": gain_low,
+    "gain_high": gain_high,
+    "tgc": tgc,
     "contact_loss": contact_loss,
     "shadow": shadow,
-    "haze_reverberation": haze_reverberation,
-    "speckle_noise": speckle_noise,
-    "cutoff": cutoff,
+    "compression": compression,
+    "dropped_lines": dropped_lines,
 }
+# The artefact families every tool iterates over (evaluation, bags, training).
+DEGRADATIONS: dict[str, Degradation] = FAMILIES
+# Kind names of the first version, still accepted by `degrade`.
+ALIASES: dict[str, str] = {
+    "blur": "defocus_blur",
+    "gain": "gain_low",
+    "depth_attenuation": "tgc",
+    "haze_reverberation": "haze",
+    "speckle_noise": "speckle_correlated",
+}
+EXTRA: dict[str, Degradation] = {"cutoff": cutoff}
+
+
+def severity_to_score(severity: float) -> float:
+    """Training target of the quality score for a degradation of `severity` (clean frame: 1)."""
+    if severity <= 0.0:
+        return 1.0
+    return float(max(0.0, 1.0 - (0.1 + 0.9 * min(severity, 1.0))))
+
+
+def known_kinds() -> list[str]:
+    return sorted(set(FAMILIES) | set(ALIASES) | set(EXTRA))
 
 
 def degrade(img: np.ndarray, kind: str, severity: float, rng: np.random.Generator) -> np.ndarray:
-    """Apply one named degradation. Raises ValueError for an unknown kind or a severity outside [0, 1]."""
-    if kind not in DEGRADATIONS:
-        raise ValueError(f"unknown degradation {kind!r}; choose one of {sorted(DEGRADATIONS)}")
+    """Apply one named family (or alias). Raises ValueError for an unknown kind or a severity outside [0, 1]."""
+    name = ALIASES.get(kind, kind)
+    fn = FAMILIES.get(name) or EXTRA.get(name)
+    if fn is None:
+        raise ValueError(f"unknown degradation {kind!r}; choose one of {known_kinds()}")
     if not 0.0 <= severity <= 1.0:
         raise ValueError(f"severity {severity} outside [0, 1]")
     if img.ndim != 2 or img.dtype != np.float32:
         raise ValueError(f"expected an H x W float32 frame, got shape {img.shape} dtype {img.dtype}")
     if severity == 0.0:
         return img.copy()
-    return DEGRADATIONS[kind](img, float(severity), rng).astype(np.float32, copy=False)
+    return np.ascontiguousarray(fn(img, float(severity), rng), dtype=np.float32)

