@@ -3,6 +3,7 @@
 Examples:
   usiqa-train --set data=my_data/labels.csv --set out=runs/a --set epochs=30
   usiqa-train crl --set data=sweeps/ --set references=refs/ --set out=runs/crl
+  usiqa-train crl --bag sweep.mcap --references refs/ --out runs/crl   (adapt to a target from one recording)
   torchrun --nproc_per_node 2 -m usiqa_ros.core.train.cli --config run.yaml
 """
 
@@ -24,9 +25,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", help="YAML file with TrainConfig keys")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     ap.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    if mode == "crl":  # shortcuts for --set bag=... references=... out=...
+        ap.add_argument("--bag", help="rosbag2 recording (an unlabeled sweep) to adapt to")
+        ap.add_argument("--references", help="reference views: folder of frames, rosbag2 or saved reference set")
+        ap.add_argument("--out", help="run directory (the checkpoint is <out>/last.safetensors)")
     args = ap.parse_args(argv)
+    shortcuts = [f"{k}={getattr(args, k)}" for k in ("bag", "references", "out") if getattr(args, k, None)]
     try:
-        cfg: TrainConfig = load_config(args.config, args.set)
+        cfg: TrainConfig = load_config(args.config, [*args.set, *shortcuts])
     except (ValueError, OSError) as e:
         print(f"usiqa-train: {e}", file=sys.stderr)
         return 2
@@ -36,7 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     if mode == "crl":
         from usiqa_ros.core.train.crl import train_crl
 
-        _, summary = train_crl(cfg)
+        try:
+            _, summary = train_crl(cfg)
+        except ValueError as e:  # bad references / recording (ReferenceError, DatasetError): one message
+            print(f"usiqa-train crl: {e}", file=sys.stderr)
+            return 2
         print(json.dumps({"out": cfg.out, "last": summary["history"][-1] if summary["history"] else None}))
     else:
         from usiqa_ros.core.train.supervised import train_supervised

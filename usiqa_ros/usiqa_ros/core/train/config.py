@@ -48,7 +48,9 @@ class TrainConfig:
     progress: bool = True
     save_dtype: str = "float32"  # or float16 for a half-size checkpoint
     # CRL-UIQA (usiqa-train crl): see crl.py.
-    references: str = ""  # CSV/folder/manifest of high-quality reference-plane images
+    references: str = ""  # CSV/folder/manifest of reference-plane images, a rosbag2, or a saved reference set
+    bag: str = ""  # CRL: train on the frames of this rosbag2 recording (one unlabeled sweep) instead of `data`
+    bag_topic: str = ""  # its image topic; empty = the bag's only image topic
     top_k: int = 3
     alpha: float = 0.05
     theta: float = 0.1

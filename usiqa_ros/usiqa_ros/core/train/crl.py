@@ -9,12 +9,20 @@
 
 The regressor is a USQNet whose score is `expected_score` of its 5-grade head (so the node loads the result
 unchanged and publishes it as the quality score); its argmax grade is not meaningful after CRL training.
+
+Adapting to a target from one recording (`usiqa-train crl --bag sweep.mcap --references refs/`): the training
+frames are the bag's (no labels, no split), the references a folder of frames, a bag, or the node's saved
+reference set (its embeddings are used as they are when they were made with the encoder; refused otherwise).
+Without `init_checkpoint` both the encoder and the starting weights are the bundled model, so the result is
+that model fine-tuned to the target. Its embedding changes: teach the node's references again with it.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,7 +40,8 @@ from usiqa_ros.core.data.datasets import load_any
 from usiqa_ros.core.data.degrade import degrade
 from usiqa_ros.core.data.synthetic import weak_view
 from usiqa_ros.core.model import USQNet, expected_score
-from usiqa_ros.core.preprocess import PreprocessConfig, preprocess_frame, to_batch
+from usiqa_ros.core.preprocess import PreprocessConfig, preprocess_frame, to_batch, to_gray_float
+from usiqa_ros.core.references import ReferenceError, ReferenceSet, read_source_frames, source_kind
 from usiqa_ros.core.train.common import (
     build_from_config,
     frames_of,
@@ -100,17 +109,40 @@ def crl_loss(
     return loss, {"mse": mse.item(), "consistency": cons.item(), "relativity": rel.item()}
 
 
+def reference_embeddings(path: str, encoder: USQNet, encoder_id: str, pre: PreprocessConfig) -> np.ndarray:
+    """Embeddings of the reference planes: a saved set of `encoder_id` as is; frames (folder, bag, CSV, manifest)
+    through the frozen encoder."""
+    p = Path(path)
+    kind = source_kind(p) if p.is_dir() or p.suffix in (".mcap", ".db3", ".safetensors") else "items"
+    if kind == "set":
+        return ReferenceSet.load(p, encoder_id).embeddings
+    if kind in ("bag", "frames") and not (p / "labels.csv").exists():
+        return embed(encoder, [to_gray_float(f) for f, _ in read_source_frames(p)], pre)
+    return embed(encoder, frames_of(load_any(path)), pre)
+
+
 def train_crl(cfg: TrainConfig) -> tuple[USQNet, dict[str, Any]]:
-    device, dd, out = start_run(cfg)
     if not cfg.references:
-        raise ValueError("CRL-UIQA needs 'references': a CSV/folder/manifest of high-quality reference planes")
-    encoder = load_checkpoint(cfg.init_checkpoint or None).model
-    model = build_from_config(cfg).to(device)
+        raise ValueError("CRL-UIQA needs 'references': reference-plane frames (folder, bag, CSV) or a saved set")
+    if not (cfg.bag or cfg.data):
+        raise ValueError("CRL-UIQA needs training frames: 'bag' (one recording) or 'data'")
+    device, dd, out = start_run(cfg)
+    loaded = load_checkpoint(cfg.init_checkpoint or None)
+    encoder = loaded.model.eval()
+    # Fine-tune the encoder's own weights unless a preset/another start is configured.
+    model = (build_from_config(cfg) if cfg.init_checkpoint else copy.deepcopy(encoder).train()).to(device)
     pre = PreprocessConfig(input_size=model.config.input_size)
     epre = PreprocessConfig(input_size=encoder.config.input_size)
-    parts = split_items(cfg, load_items(cfg), out if dd.main else None)
-    train_frames = frames_of(parts["train"])
-    ref_emb = embed(encoder, frames_of(load_any(cfg.references)), epre)
+    if cfg.bag:
+        try:
+            train_frames = [to_gray_float(f) for f, _ in read_source_frames(cfg.bag, cfg.bag_topic or None)]
+        except ReferenceError as e:
+            raise ValueError(str(e).replace("reference ", "training ", 1)) from None
+        parts: dict[str, list] = {"train": [], "val": []}
+    else:
+        parts = split_items(cfg, load_items(cfg), out if dd.main else None)
+        train_frames = frames_of(parts["train"])
+    ref_emb = reference_embeddings(cfg.references, encoder, loaded.model_id, epre)
     raw, labels = pseudo_labels(embed(encoder, train_frames, epre), ref_emb, cfg.top_k)
     ds = CRLDataset(train_frames, labels, pre, cfg.strong_blur_epsilon, cfg.seed)
     sampler = DistributedSampler(ds, dd.world, dd.rank, shuffle=True, seed=cfg.seed, drop_last=True)
@@ -150,6 +182,9 @@ def train_crl(cfg: TrainConfig) -> tuple[USQNet, dict[str, Any]]:
         "history": history,
         "pseudo_label_raw_range": [float(raw.min()), float(raw.max())],
         "n_train": len(train_frames),
+        "n_references": int(ref_emb.shape[0]),
+        "encoder": loaded.model_id,
+        "source": cfg.bag or cfg.data,
         "world_size": dd.world,
         "config": cfg.to_dict(),
     }
