@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 import pytest
 from action_msgs.msg import GoalStatus
+from rclpy.duration import Duration
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -248,15 +249,16 @@ def test_timeout_returns_best_so_far(main_node):
     node, peer = main_node
     frames, bad, truth = sim_sweep()
     t0 = time.monotonic()
-    search = peer.client.start(target_score=0.0, timeout=4.0)
+    search = peer.client.start(target_score=0.0, timeout=6.0)
     stamps = peer.feed(frames)
-    assert time.monotonic() - t0 < 4.0, "feeding took longer than the goal's timeout: machine too loaded"
-    result = search.result(timeout=15)
+    assert time.monotonic() - t0 < 6.0, "feeding took longer than the goal's timeout: machine too loaded"
+    result = search.result(timeout=20)
     took = time.monotonic() - t0
     assert result.outcome == R.TIMEOUT, result.message
     assert search.status == GoalStatus.STATUS_SUCCEEDED
-    assert 4.0 <= result.elapsed.sec + result.elapsed.nanosec * 1e-9 < 4.5
-    assert 4.0 <= took < 5.5
+    # decided by the server at the deadline on its clock (the wall time to the client only bounds it below)
+    assert 6.0 <= Duration.from_msg(result.elapsed).nanoseconds * 1e-9 < 6.5
+    assert took >= 6.0
     assert result.frames_evaluated == len(frames)
     best, best_stamp = best_of(peer, stamps)
     assert result.best.score == best and stamp_ns(result.best.header) == best_stamp

@@ -9,6 +9,7 @@ and an untested second path for the same result (its passthrough conversion afte
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import cv2
 import numpy as np
@@ -138,17 +139,26 @@ def compressed_to_array(msg, max_pixels: int = 4096 * 4096) -> np.ndarray:
     return arr
 
 
-def array_to_image(arr: np.ndarray, msg_type, encoding: str | None = None):
-    """numpy frame -> a new Image message (gray -> mono8/mono16, 3 channels -> bgr8). Header left empty."""
-    msg = msg_type()
+def image_fields(arr: np.ndarray, encoding: str | None = None) -> dict[str, Any]:
+    """The sensor_msgs/Image fields holding `arr` (gray -> mono8/mono16, 3 channels -> bgr8, 4 -> bgra8), for
+    rclpy and rosbags messages alike; `data` is a flat uint8 view of the (contiguous) frame."""
+    arr = np.ascontiguousarray(arr)
     if arr.ndim == 2:
         encoding = encoding or ("mono16" if arr.dtype == np.uint16 else "mono8")
     else:
         encoding = encoding or ("bgra8" if arr.shape[2] == 4 else "bgr8")
-    arr = np.ascontiguousarray(arr)
-    msg.height, msg.width = int(arr.shape[0]), int(arr.shape[1])
-    msg.encoding = encoding
-    msg.is_bigendian = 0
-    msg.step = int(arr.strides[0])
-    msg.data = arr.tobytes()
-    return msg
+    return {
+        "height": int(arr.shape[0]),
+        "width": int(arr.shape[1]),
+        "encoding": encoding,
+        "is_bigendian": 0,
+        "step": int(arr.strides[0]),
+        "data": arr.reshape(-1).view(np.uint8),
+    }
+
+
+def array_to_image(arr: np.ndarray, msg_type: Any, encoding: str | None = None) -> Any:
+    """numpy frame -> a new rclpy Image message of type `msg_type`. Header left empty."""
+    fields = image_fields(arr, encoding)
+    fields["data"] = fields["data"].tobytes()  # rclpy copies bytes in one go (a numpy array element by element)
+    return msg_type(**fields)

@@ -29,7 +29,7 @@ from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
 
 from usiqa_ros.core.safe_io import atomic_dir
-from usiqa_ros.ros.convert import compressed_to_array, image_to_array
+from usiqa_ros.ros.convert import compressed_to_array, image_fields, image_to_array
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
@@ -92,20 +92,7 @@ def header(ns: int, frame_id: str) -> Any:
 
 def image_message(frame: np.ndarray, ns: int, frame_id: str, encoding: str | None = None) -> Any:
     """numpy frame (gray -> mono8/mono16, 3 channels -> bgr8, 4 -> bgra8) -> rosbags sensor_msgs/Image."""
-    frame = np.ascontiguousarray(frame)
-    if frame.ndim == 2:
-        encoding = encoding or ("mono16" if frame.dtype == np.uint16 else "mono8")
-    else:
-        encoding = encoding or ("bgra8" if frame.shape[2] == 4 else "bgr8")
-    return typestore().types[IMAGE_TYPE](
-        header=header(ns, frame_id),
-        height=frame.shape[0],
-        width=frame.shape[1],
-        encoding=encoding,
-        is_bigendian=0,
-        step=int(frame.strides[0]),
-        data=frame.reshape(-1).view(np.uint8),
-    )
+    return typestore().types[IMAGE_TYPE](header=header(ns, frame_id), **image_fields(frame, encoding))
 
 
 def compressed_message(frame: np.ndarray, ns: int, frame_id: str, fmt: str = "png", jpeg_quality: int = 90) -> Any:
