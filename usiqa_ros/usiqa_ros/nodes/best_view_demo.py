@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Any
 
 import rclpy
 from geometry_msgs.msg import Pose, PoseStamped
@@ -180,7 +181,7 @@ def _report(rec: Recorder, result, started_ns: int, ended_ns: int) -> int:
     return 0
 
 
-def _return_to_best(rec: Recorder, result, dwell: int, timeout: float = 30.0) -> int:
+def _return_to_best(rec: Recorder, result: Any, dwell: int, timeout: float = 30.0) -> int:
     """Send probe_sim to the result's best_pose (as a planner would), wait for `dwell` frames scored there, and
     print their model scores and true quality beside the best frame's."""
     best_ns = _ns(result.best.header.stamp)

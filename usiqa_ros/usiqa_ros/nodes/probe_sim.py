@@ -69,10 +69,10 @@ def ground_truth_msg(quality: float) -> QualityScore:
 class ProbeSim(Node):
     """Publishes phantom frames at a fixed rate from the scripted sweep or the last commanded pose."""
 
-    def __init__(self, name: str = "probe_sim", **kwargs) -> None:
+    def __init__(self, name: str = "probe_sim", **kwargs: Any) -> None:
         super().__init__(name, **kwargs)
 
-        def p(n, default, description):
+        def p(n: str, default: Any, description: str) -> Any:
             return self.declare_parameter(n, default, ParameterDescriptor(description=description, read_only=True))
 
         p("mode", "sweep", "sweep = scripted path repeating every sweep_period_s | command = follow probe_pose.")

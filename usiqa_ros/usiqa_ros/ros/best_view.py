@@ -49,8 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from geometry_msgs.msg import PoseStamped
-from rclpy.action import ActionServer, CancelResponse, GoalResponse
-from rclpy.action.server import ServerGoalHandle
+from rclpy.action.server import ActionServer, CancelResponse, GoalResponse, ServerGoalHandle
 from rclpy.clock import ClockChange, JumpThreshold, TimeJump
 from rclpy.duration import Duration
 from rclpy.time import Time
@@ -180,7 +179,7 @@ class _Search:
     min_stamp_ns: int
     min_hold_ns: int = 0
     reserved_at: float = field(default_factory=time.monotonic)  # wall: reservation expiry only
-    window: deque = field(default_factory=deque)
+    window: deque[_Candidate] = field(default_factory=deque)
     frames: int = 0
     stale: int = 0  # frames stamped before min_stamp, ignored
     current: QualityScore | None = None
@@ -265,8 +264,11 @@ class PoseSource:
 
     def destroy(self) -> None:
         self.listener.unregister()
-        self.buffer.jump_handle.unregister()
-        self._node.destroy_service(self.buffer.srv)
+        handle, srv = getattr(self.buffer, "jump_handle", None), getattr(self.buffer, "srv", None)  # not in all distros
+        if handle is not None:
+            handle.unregister()
+        if srv is not None:
+            self._node.destroy_service(srv)
 
 
 class BestViewServer:
@@ -393,7 +395,7 @@ class BestViewServer:
             self._notify()
         return GoalResponse.ACCEPT
 
-    def _on_cancel(self, goal_handle: ServerGoalHandle) -> CancelResponse:
+    def _on_cancel(self, goal_handle: ServerGoalHandle[Any, Any, Any]) -> CancelResponse:
         with self._cond:
             search = next((s for s in self._searches if s.goal is goal_handle.request), None)
             if search is None or (search.closed and not search.cancel_requested):
@@ -404,7 +406,7 @@ class BestViewServer:
             self._notify()
         return CancelResponse.ACCEPT
 
-    def _execute(self, goal_handle: ServerGoalHandle) -> Any:
+    def _execute(self, goal_handle: ServerGoalHandle[Any, Any, Any]) -> Any:
         with self._cond:
             search = self._reserved.pop(id(goal_handle.request), None)
             if search is not None:
@@ -432,7 +434,7 @@ class BestViewServer:
             return Result.OUTCOME_UNKNOWN, "the node was deactivated"
         if s.preempted:
             return Result.PREEMPTED, "preempted by a newer goal (goal_policy preempt)"
-        if s.reached:
+        if s.reached and s.best is not None:  # reached sets best
             held = f" held over {s.held_ns * 1e-9:.2f} s of stamps" if s.min_hold_ns else ""
             return Result.REACHED_TARGET, f"score {s.best.score.score:.3f} >= target {s.target:.3f}{held}" + stale
         elapsed = now_ns - s.started_ns
@@ -444,7 +446,7 @@ class BestViewServer:
             return Result.TIMEOUT, f"timeout {s.timeout_ns * 1e-9:g} s after {s.frames} frames, {best}" + stale
         return None
 
-    def _run(self, goal_handle: ServerGoalHandle, s: _Search) -> tuple[int, str, int]:
+    def _run(self, goal_handle: ServerGoalHandle[Any, Any, Any], s: _Search) -> tuple[int, str, int]:
         """Wait for the outcome, publishing feedback; returns (outcome, message, elapsed ns on the node clock)."""
         rate = self.config.feedback_rate
         period_ns = Duration(seconds=1.0 / rate).nanoseconds if rate > 0 else _NEVER
@@ -465,7 +467,7 @@ class BestViewServer:
                     )
                     last_fb_frames, last_fb_ns = s.frames, now
             pending = self._poses is not None and best is not None and best.pose_pending
-            if pending:
+            if pending and best is not None:
                 self._resolve_pose(best, now)
             if feedback is not None:
                 if best is not None and best.pose is not None:
@@ -481,7 +483,8 @@ class BestViewServer:
                 s.wake_ns = wake
                 if self._seq == seq:  # nothing happened since the check above
                     wait_s = min(max(wake - now, 0) * 1e-9, _MAX_WAIT_S)
-                    self._cond.wait(min(wait_s, _POSE_POLL_S) if pending and best.pose_pending else wait_s)
+                    still_pending = pending and best is not None and best.pose_pending
+                    self._cond.wait(min(wait_s, _POSE_POLL_S) if still_pending else wait_s)
 
     def _resolve_pose(self, c: _Candidate, now_ns: int) -> None:
         """One non-blocking lookup of a best frame's pose; gives up after POSE_WAIT (node clock)."""
@@ -508,7 +511,9 @@ class BestViewServer:
                 return None, f"TF did not reach the best frame's stamp within {_POSE_WALL_CAP_S:g} s of wall time"
             time.sleep(_POSE_POLL_S)
 
-    def _finish(self, goal_handle: ServerGoalHandle, s: _Search, outcome: int, message: str, elapsed_ns: int) -> Any:
+    def _finish(
+        self, goal_handle: ServerGoalHandle[Any, Any, Any], s: _Search, outcome: int, message: str, elapsed_ns: int
+    ) -> Any:
         result = Result(outcome=outcome, message=message, frames_evaluated=s.frames)
         result.elapsed = Duration(nanoseconds=elapsed_ns).to_msg()
         if s.best is not None:

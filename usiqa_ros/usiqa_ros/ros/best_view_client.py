@@ -34,7 +34,7 @@ from typing import Any
 
 import rclpy
 from action_msgs.msg import GoalStatus
-from rclpy.action import ActionClient
+from rclpy.action.client import ActionClient
 from rclpy.duration import Duration
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
@@ -52,7 +52,7 @@ class BestViewError(RuntimeError):
     """The server is not available, rejected the goal, or did not answer in time."""
 
 
-def _wait(future: Future, timeout: float | None, what: str) -> Any:
+def _wait(future: Future[Any], timeout: float | None, what: str) -> Any:
     done = threading.Event()
     future.add_done_callback(lambda _f: done.set())
     if not done.wait(timeout):
@@ -65,7 +65,7 @@ def _wait(future: Future, timeout: float | None, what: str) -> Any:
 class SearchHandle:
     """A running search: cancel it, wait for its result."""
 
-    def __init__(self, goal_handle: Any, result_future: Future, default_wait: float) -> None:
+    def __init__(self, goal_handle: Any, result_future: Future[Any], default_wait: float) -> None:
         self.goal_handle = goal_handle
         self._result_future = result_future
         self._default_wait = default_wait
@@ -106,7 +106,7 @@ class BestViewClient:
         self.node = node
         self.server_timeout = server_timeout
         self.action_name = action_name
-        self._client = ActionClient(node, BestViewSearch, action_name)
+        self._client: ActionClient[Any, Any, Any] = ActionClient(node, BestViewSearch, action_name)
 
     def start(
         self,
@@ -145,7 +145,7 @@ class BestViewClient:
 
     def close(self) -> None:
         self._client.destroy()
-        if self._own_node:
+        if self._executor is not None and self._thread is not None:  # our own node
             self._executor.shutdown(timeout_sec=2.0)
             self._thread.join(timeout=2.0)
             self.node.destroy_node()

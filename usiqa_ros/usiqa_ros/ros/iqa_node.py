@@ -6,10 +6,10 @@ never builds a backlog, the executor stays free for actions, parameters and diag
 on exactly one thread of control. Score listeners (the best-view action server) are called from the worker
 after each publish with the score and the frame.
 
-Lifecycle (as yolo_ros): configure loads and warms up the model (a bad checkpoint fails here, with one message
-naming the file); activate creates publishers and subscriptions and starts the worker; deactivate stops them
-and frees accelerator memory; cleanup drops the model. With autostart (default) the node configures and
-activates itself.
+Lifecycle: configure loads and warms up the model (a bad checkpoint fails here, with one message naming the
+file); activate creates publishers and subscriptions and starts the worker; deactivate stops them (the model
+stays loaded, so re-activation is immediate); cleanup and shutdown drop the model. With autostart (default) the
+node configures and activates itself. destroy_node() stops the worker too.
 """
 
 from __future__ import annotations
@@ -20,19 +20,20 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import rclpy
-from builtin_interfaces.msg import Duration
-from rcl_interfaces.msg import IntegerRange, ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.qos_overriding_options import QoSOverridingOptions
+from rclpy.time import Time
 from sensor_msgs.msg import CompressedImage, Image
 from std_srvs.srv import Trigger
 from usiqa_msgs.msg import QualityScore
@@ -44,7 +45,7 @@ from usiqa_ros.core.preprocess import FrameError
 from usiqa_ros.core.references import ReferenceError, ReferenceFrame, ReferenceSet, combine, is_bag, load_references
 from usiqa_ros.ros.best_view import BestViewConfig, BestViewServer
 from usiqa_ros.ros.convert import check_header, compressed_to_array, image_to_array
-from usiqa_ros.ros.diagnostics import IqaDiagnostics
+from usiqa_ros.ros.diagnostics import Health, IqaDiagnostics, NodeStats, parameter_descriptors
 
 # Called from the worker thread after each publish: (score message, source message, decoded frame).
 ScoreListener = Callable[[QualityScore, Any, np.ndarray], None]
@@ -55,23 +56,6 @@ class _Pending:
     msg: Any
     compressed: bool
     received_ns: int
-
-
-@dataclass
-class NodeStats:
-    """Counters since activation; read by diagnostics and tests (copy under the node's lock)."""
-
-    received: int = 0
-    scored: int = 0
-    skipped: int = 0
-    errors: Counter = field(default_factory=Counter)
-    consecutive_failures: int = 0
-    latencies_s: deque = field(default_factory=lambda: deque(maxlen=512))
-    warnings: Counter = field(default_factory=Counter)  # scored, but suspicious (zero stamp, no frame_id)
-
-
-def _duration(ns: int) -> Duration:
-    return Duration(sec=int(ns // 1_000_000_000), nanosec=int(ns % 1_000_000_000))
 
 
 def qos_from(reliability: str, depth: int) -> QoSProfile:
@@ -94,8 +78,6 @@ def _describe_qos(topic: str, qos: QoSProfile) -> str:
 class IqaNode(LifecycleNode):
     """Scores ultrasound frames with USQNet and publishes usiqa_msgs/QualityScore."""
 
-    # Parameters that may change while active; all others are read-only (set them at start-up).
-    DYNAMIC = {"crop", "roi", "log_throttle_s"}
     # Read by configure / activate: changeable only while unconfigured / not active (refused with a reason
     # otherwise), so a failed configure can be fixed and retried without restarting the process.
     CONFIGURE_TIME = {
@@ -125,7 +107,7 @@ class IqaNode(LifecycleNode):
         self._best_view: BestViewServer | None = None
         self._best_view_config = BestViewConfig(enabled=False)
         self.add_on_set_parameters_callback(self._on_set_parameters)
-        self.diagnostics = IqaDiagnostics(self)  # /diagnostics at 1 Hz + its threshold parameters
+        self.diagnostics = IqaDiagnostics(self, self.health, self.aux_group)  # /diagnostics at 1 Hz
         # Reference views (teach the target): replaced whole (copy on write), so the worker reads one set per frame.
         self.references: ReferenceSet | None = None
         self._ref_lock = threading.Lock()  # serialises capture / clear / save
@@ -138,7 +120,22 @@ class IqaNode(LifecycleNode):
 
     # ---------------------------------------------------------------- parameters
     def _declare_parameters(self) -> None:
-        def p(name: str, default: Any, description: str, dynamic: bool = False, **kw: Any) -> None:
+        """Every parameter of the node, in one place. Numeric limits are descriptor ranges: rclpy enforces them
+        (at start-up too) and `ros2 param describe` shows them."""
+
+        def p(
+            name: str,
+            default: Any,
+            description: str,
+            dynamic: bool = False,
+            ints: tuple[int, int] | None = None,
+            floats: tuple[float, float] | None = None,
+            **kw: Any,
+        ) -> None:
+            if ints is not None:
+                kw["integer_range"] = [IntegerRange(from_value=ints[0], to_value=ints[1], step=1)]
+            if floats is not None:
+                kw["floating_point_range"] = [FloatingPointRange(from_value=floats[0], to_value=floats[1])]
             staged = name in self.CONFIGURE_TIME or name in self.ACTIVATE_TIME
             if name in self.CONFIGURE_TIME:
                 description += " (Changeable only while unconfigured.)"
@@ -154,8 +151,8 @@ class IqaNode(LifecycleNode):
         p("device", "auto", "auto | cpu | cuda | cuda:N. Missing CUDA falls back to the CPU with a warning.")
         p("require_device", False, "Fail at configure instead of falling back to the CPU.")
         p("amp", False, "Mixed precision (fp16 on CUDA, bf16 on CPU).")
-        p("num_threads", 0, "Intra-op threads of torch / ONNX Runtime; 0 = library default (one per core).")
-        p("num_interop_threads", 0, "Inter-op threads of torch / ONNX Runtime; 0 = library default.")
+        p("num_threads", 0, "Intra-op threads of torch / ONNX Runtime; 0 = library default (1/core).", ints=(0, 1024))
+        p("num_interop_threads", 0, "Inter-op threads of torch / ONNX Runtime; 0 = library default.", ints=(0, 1024))
         p(
             "backend",
             "auto",
@@ -164,7 +161,7 @@ class IqaNode(LifecycleNode):
         )
         p("ort_graph_optimization", "all", "ONNX Runtime graph optimisation: disable | basic | extended | all.")
         p("ort_allow_spinning", True, "ONNX Runtime idle worker threads spin: lower latency, more CPU use.")
-        p("input_size", 0, "Model input side in px; 0 = the checkpoint's.")
+        p("input_size", 0, "Model input side in px; 0 = the checkpoint's.", ints=(0, 2048))
         p("crop", "none", "none | auto (non-black sector bounding box) | roi", dynamic=True)
         p("roi", [0, 0, 0, 0], "Crop rectangle [x, y, w, h] in px, used when crop = roi.", dynamic=True)
         p("image_topic", "image", "sensor_msgs/Image input topic (remappable).")
@@ -182,10 +179,17 @@ class IqaNode(LifecycleNode):
             5,
             "Default history depth of the image subscriptions (SensorDataQoS: 5). "
             "qos_overrides./<topic>.subscription.depth overrides it.",
+            ints=(1, 10000),
         )
         p("quality_topic", "quality", "usiqa_msgs/QualityScore output topic.")
-        p("max_pixels", 4096 * 4096, "Frames with more pixels are refused before any allocation.")
-        p("log_throttle_s", 5.0, "Minimum seconds between two log lines for the same bad-frame reason.", dynamic=True)
+        p("max_pixels", 4096 * 4096, "Frames with more pixels are refused before any allocation.", ints=(1, 2**31 - 1))
+        p(
+            "log_throttle_s",
+            5.0,
+            "Minimum seconds between two log lines for the same bad-frame reason.",
+            dynamic=True,
+            floats=(0.0, 3600.0),
+        )
         p("autostart", True, "Configure and activate at start-up (no lifecycle manager needed).")
         p(
             "reference_dir",
@@ -209,12 +213,29 @@ class IqaNode(LifecycleNode):
         )
         p("best_view.enabled", True, "Offer the BestViewSearch action (best_view_search) while active.")
         p("best_view.goal_policy", "preempt", "A goal arriving while one runs: preempt (old ends PREEMPTED) | reject.")
-        p("best_view.feedback_rate", 5.0, "Maximum best-view feedback rate in Hz; 0 = no feedback.")
-        p("best_view.no_image_grace_s", 2.0, "A goal ends NO_IMAGES when no frame is scored within this many seconds.")
-        p("best_view.stable_frames", 1, "A view counts with the lowest score of N consecutive scored frames.")
-        p("best_view.default_timeout_s", 10.0, "Search timeout in seconds when the goal's timeout is 0.")
+        p("best_view.feedback_rate", 5.0, "Maximum best-view feedback rate [Hz]; 0 = no feedback.", floats=(0.0, 1e3))
+        p(
+            "best_view.no_image_grace_s",
+            2.0,
+            "A goal ends NO_IMAGES when no frame is scored within this many seconds.",
+            floats=(0.01, 3600.0),
+        )
+        p(
+            "best_view.stable_frames",
+            1,
+            "A view counts with the lowest score of N consecutive scored frames.",
+            ints=(1, 1000),
+        )
+        p(
+            "best_view.default_timeout_s",
+            10.0,
+            "Search timeout in seconds when the goal's timeout is 0.",
+            floats=(0.01, 86400.0),
+        )
         p("pose_frame", "", "TF frame of best-view poses (e.g. world, base_link); empty = no poses. Needs tf2_ros.")
         p("probe_frame", "", "Best-view poses: the probe's TF frame; empty = the image's header.frame_id.")
+        for name, (default, descriptor) in parameter_descriptors().items():  # diag_* thresholds, period
+            self.declare_parameter(name, default, descriptor)
 
     def _on_set_parameters(self, params: list[rclpy.Parameter]) -> SetParametersResult:
         crop = next((p.value for p in params if p.name == "crop"), None)
@@ -232,22 +253,21 @@ class IqaNode(LifecycleNode):
                 )
             if prm.name == "qos_reliability" and prm.value not in ("best_effort", "reliable"):
                 return SetParametersResult(successful=False, reason="qos_reliability must be best_effort or reliable")
-            if prm.name == "qos_depth" and prm.value < 1:
-                return SetParametersResult(successful=False, reason="qos_depth must be >= 1")
             if prm.name == "crop" and prm.value not in ("none", "auto", "roi"):
                 return SetParametersResult(successful=False, reason="crop must be none, auto or roi")
             if prm.name == "roi" and len(prm.value) != 4:
                 return SetParametersResult(successful=False, reason="roi must be [x, y, w, h] with w, h > 0")
-            if prm.name == "log_throttle_s" and prm.value < 0:
-                return SetParametersResult(successful=False, reason="log_throttle_s must be >= 0")
         if crop is not None or roi is not None:
             # The crop that results from this change (configured or not) must be usable.
             new_crop = crop if crop is not None else self.param("crop")
             new_roi = tuple(roi if roi is not None else self.param("roi"))
             if new_crop == "roi" and (new_roi[2] <= 0 or new_roi[3] <= 0):
                 return SetParametersResult(successful=False, reason="crop=roi needs roi [x, y, w, h] with w, h > 0")
-            if self.engine is not None:
-                self.engine.preprocess_config.crop, self.engine.preprocess_config.roi = new_crop, new_roi
+            engine = self.engine
+            if engine is not None:
+                # One reference assignment: the worker preprocesses with the old config or the new one, never
+                # with the new crop and the old roi.
+                engine.preprocess_config = replace(engine.preprocess_config, crop=new_crop, roi=new_roi)
         return SetParametersResult(successful=True)
 
     def param(self, name: str) -> Any:
@@ -381,6 +401,7 @@ class IqaNode(LifecycleNode):
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Cleanup and shutdown: stop scoring, remove the action server, drop the model and the references."""
         self._stop()
         self._destroy_best_view()
         self.engine = None
@@ -388,11 +409,13 @@ class IqaNode(LifecycleNode):
         self._history.clear()
         return TransitionCallbackReturn.SUCCESS
 
-    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+    on_shutdown = on_cleanup
+
+    def destroy_node(self) -> None:
+        """Stop the worker and end best-view goals before rclpy destroys the node's entities."""
         self._stop()
         self._destroy_best_view()
-        self.engine = None
-        return TransitionCallbackReturn.SUCCESS
+        super().destroy_node()
 
     def _destroy_best_view(self) -> None:
         if self._best_view is not None:
@@ -435,7 +458,7 @@ class IqaNode(LifecycleNode):
             newest = [
                 (e, h)
                 for e, h in list(self._history)[-int(request.count) :]
-                if (h.stamp.sec * 1_000_000_000 + h.stamp.nanosec, h.frame_id) not in held
+                if (Time.from_msg(h.stamp).nanoseconds, h.frame_id) not in held
             ]
             if not newest:
                 response.success = False
@@ -445,8 +468,7 @@ class IqaNode(LifecycleNode):
             new = ReferenceSet(refs.model_id, refs.embeddings, list(refs.frames), refs.top_k)
             group = new.next_group()
             frames = [
-                ReferenceFrame(h.stamp.sec * 1_000_000_000 + h.stamp.nanosec, h.frame_id, "capture", group)
-                for _, h in newest
+                ReferenceFrame(Time.from_msg(h.stamp).nanoseconds, h.frame_id, "capture", group) for _, h in newest
             ]
             try:
                 new.add(np.stack([e for e, _ in newest]), frames)
@@ -499,6 +521,18 @@ class IqaNode(LifecycleNode):
         if listener in self._listeners:
             self._listeners.remove(listener)
 
+    def health(self) -> Health:
+        """One consistent snapshot for /diagnostics."""
+        engine, refs = self.engine, self.references
+        state = "active" if self._running else "inactive" if engine is not None else "unconfigured"
+        return Health(
+            state=state,
+            stats=self.stats_snapshot(),
+            model_id=engine.model_id if engine is not None else "",
+            device=str(engine.device) if engine is not None else "",
+            reference_views=len(refs) if refs is not None else 0,
+        )
+
     def stats_snapshot(self) -> NodeStats:
         with self._lock:
             s = self.stats
@@ -522,14 +556,21 @@ class IqaNode(LifecycleNode):
             self._slot = pending
             self._slot_ready.notify()
 
-    def _reject(self, reason: str, detail: str) -> None:
+    def _tally(self, kind: str, detail: str, scored: bool = False) -> None:
+        """Count a refused frame (stats.errors) or a scored but suspicious one (stats.warnings, e.g. a zero
+        stamp) and log it, at most once per log_throttle_s for each kind."""
         with self._lock:
-            self.stats.errors[reason] += 1
-            count = self.stats.errors[reason]
+            counter = self.stats.warnings if scored else self.stats.errors
+            counter[kind] += 1
+            count = counter[kind]
+        key = f"{'note' if scored else 'error'}:{kind}"
         now = time.monotonic()
-        if now - self._last_log.get(reason, -1e9) >= self.param("log_throttle_s"):
-            self._last_log[reason] = now
-            self.get_logger().warning(f"frame skipped ({reason}, {count} so far): {detail}")
+        if now - self._last_log.get(key, -1e9) >= self.param("log_throttle_s"):
+            self._last_log[key] = now
+            if scored:
+                self.get_logger().warning(f"frame scored but {detail} ({kind}, {count} so far)")
+            else:
+                self.get_logger().warning(f"frame skipped ({kind}, {count} so far): {detail}")
 
     def _work(self) -> None:
         while True:
@@ -551,26 +592,16 @@ class IqaNode(LifecycleNode):
             )
             result = engine.score_one(frame)
         except FrameError as e:
-            self._reject(e.reason, str(e))
+            self._tally(e.reason, str(e))
             return
         except Exception as e:  # noqa: BLE001 - a failing frame must never stop the worker
             with self._lock:
                 self.stats.consecutive_failures += 1
-            self._reject("inference_error", f"{type(e).__name__}: {e}")
+            self._tally("inference_error", f"{type(e).__name__}: {e}")
             return
         for kind, detail in notes:
-            self._note(kind, detail)
+            self._tally(kind, detail, scored=True)
         self._publish(pending, result, frame)
-
-    def _note(self, kind: str, detail: str) -> None:
-        """A scored frame with something odd about it (e.g. a zero stamp): counted and logged, rate-limited."""
-        with self._lock:
-            self.stats.warnings[kind] += 1
-            count = self.stats.warnings[kind]
-        now = time.monotonic()
-        if now - self._last_log.get(f"note:{kind}", -1e9) >= self.param("log_throttle_s"):
-            self._last_log[f"note:{kind}"] = now
-            self.get_logger().warning(f"frame scored but {detail} ({kind}, {count} so far)")
 
     def _publish(self, pending: _Pending, result: FrameScore, frame: np.ndarray) -> None:
         out = QualityScore()
@@ -591,7 +622,7 @@ class IqaNode(LifecycleNode):
             out.frames_skipped = self._skipped_since_publish
             self._skipped_since_publish = 0
         latency_ns = time.perf_counter_ns() - pending.received_ns
-        out.latency = _duration(latency_ns)
+        out.latency = Duration(nanoseconds=latency_ns).to_msg()
         pub = self._pub
         if pub is None:
             return
@@ -600,7 +631,7 @@ class IqaNode(LifecycleNode):
         except Exception as e:  # noqa: BLE001 - the worker must survive; see below
             if not self.context.ok():
                 return  # Ctrl-C: rclpy shut the context down before the worker stopped
-            self._reject("publish_error", f"{type(e).__name__}: {e}")
+            self._tally("publish_error", f"{type(e).__name__}: {e}")
             return
         with self._lock:
             self.stats.scored += 1
@@ -610,7 +641,7 @@ class IqaNode(LifecycleNode):
             try:
                 listener(out, pending.msg, frame)
             except Exception as e:  # noqa: BLE001 - a listener bug must not stop scoring
-                self._reject("listener_error", f"{type(e).__name__}: {e}")
+                self._tally("listener_error", f"{type(e).__name__}: {e}")
 
 
 def main(args: list[str] | None = None) -> int:
