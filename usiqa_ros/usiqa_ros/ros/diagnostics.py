@@ -14,27 +14,26 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rclpy.callback_groups import CallbackGroup
 
 try:
     from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
 except ImportError:  # Humble (rclpy 3.x): the same classes live in rclpy.qos_event (renamed in Iron)
     from rclpy.qos_event import PublisherEventCallbacks, SubscriptionEventCallbacks  # type: ignore[no-redef]
+from rclpy.node import Node
 from rclpy.parameter import Parameter
-
-if TYPE_CHECKING:
-    from usiqa_ros.ros.iqa_node import IqaNode
 
 OK, WARN, ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR
 # Error reasons that are not a malformed input (they have their own rule: consecutive failures).
 NOT_INPUT_ERRORS = {"inference_error", "listener_error"}
-_LEVEL_NAMES = {OK: "OK", WARN: "WARN", ERROR: "ERROR"}
 
 
 @dataclass(frozen=True)
@@ -70,20 +69,34 @@ THRESHOLDS: dict[str, _Threshold] = {
 }
 
 
-def _percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q)) if values else float("nan")
+@dataclass
+class NodeStats:
+    """Counters since activation (the node copies them under its lock for a snapshot)."""
+
+    received: int = 0
+    scored: int = 0
+    skipped: int = 0
+    errors: Counter = field(default_factory=Counter)
+    consecutive_failures: int = 0
+    latencies_s: deque = field(default_factory=lambda: deque(maxlen=512))
+    warnings: Counter = field(default_factory=Counter)  # scored, but suspicious (zero stamp, no frame_id)
 
 
-class IqaDiagnostics:
-    """Publishes the node's DiagnosticStatus periodically and reports incompatible QoS with a hint."""
+@dataclass
+class Health:
+    """What /diagnostics reports, as one consistent snapshot of the node (diagnostics never reads its internals)."""
 
-    def __init__(self, node: IqaNode) -> None:
-        self.node = node
-        self._lock = threading.Lock()
-        self.qos_incompatible: Counter = Counter()  # topic -> incompatible-QoS events
-        self.configure_error = ""  # last configure failure, reported as ERROR while unconfigured
-        node.declare_parameter(
-            "diagnostics_period_s",
+    state: str  # unconfigured | inactive | active
+    stats: NodeStats
+    model_id: str = ""
+    device: str = ""
+    reference_views: int = 0
+
+
+def parameter_descriptors() -> dict[str, tuple[Any, ParameterDescriptor]]:
+    """name -> (default, descriptor with range) of the diagnostics parameters, for the node to declare."""
+    out: dict[str, tuple[Any, ParameterDescriptor]] = {
+        "diagnostics_period_s": (
             1.0,
             ParameterDescriptor(
                 description="Period of the /diagnostics status [s] (1 Hz by default).",
@@ -91,12 +104,37 @@ class IqaDiagnostics:
                 floating_point_range=[FloatingPointRange(from_value=0.05, to_value=60.0)],
             ),
         )
-        for name, t in THRESHOLDS.items():
-            if isinstance(t.default, int):
-                rng = {"integer_range": [IntegerRange(from_value=int(t.lo), to_value=int(t.hi), step=1)]}
-            else:
-                rng = {"floating_point_range": [FloatingPointRange(from_value=t.lo, to_value=t.hi)]}
-            node.declare_parameter(name, t.default, ParameterDescriptor(description=t.description, **rng))
+    }
+    for name, t in THRESHOLDS.items():
+        if isinstance(t.default, int):
+            d = ParameterDescriptor(
+                description=t.description,
+                integer_range=[IntegerRange(from_value=int(t.lo), to_value=int(t.hi), step=1)],
+            )
+        else:
+            d = ParameterDescriptor(
+                description=t.description, floating_point_range=[FloatingPointRange(from_value=t.lo, to_value=t.hi)]
+            )
+        out[name] = (t.default, d)
+    return out
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+class IqaDiagnostics:
+    """Publishes the node's DiagnosticStatus periodically and reports incompatible QoS with a hint.
+
+    Needs of the node only what any rclpy Node has (the parameters of `parameter_descriptors()` declared) and
+    `health`, a callable returning a consistent snapshot."""
+
+    def __init__(self, node: Node, health: Callable[[], Health], callback_group: CallbackGroup | None = None) -> None:
+        self.node = node
+        self._health = health
+        self._lock = threading.Lock()
+        self.qos_incompatible: Counter = Counter()  # topic -> incompatible-QoS events
+        self.configure_error = ""  # last configure failure, reported as ERROR while unconfigured
         node.add_on_set_parameters_callback(self._on_set_parameters)
         self._prev: tuple[float, int, int, int, int] | None = None  # (time, received, scored, skipped, refused)
         self._last_input = time.monotonic()
@@ -104,7 +142,7 @@ class IqaDiagnostics:
         self.last_status: DiagnosticStatus | None = None
         self._pub = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._timer = node.create_timer(
-            node.get_parameter("diagnostics_period_s").value, self.publish, callback_group=node.aux_group
+            node.get_parameter("diagnostics_period_s").value, self.publish, callback_group=callback_group
         )
 
     # ------------------------------------------------------------------ parameters
@@ -156,10 +194,10 @@ class IqaDiagnostics:
         node = self.node
         th = self._thresholds()
         now = time.monotonic()
-        stats = node.stats_snapshot()
+        health = self._health()
+        stats = health.stats
         refused = sum(n for reason, n in stats.errors.items() if reason not in NOT_INPUT_ERRORS)
-        engine = node.engine
-        active = node._running
+        active = health.state == "active"
         prev = self._prev
         if prev is None or stats.received < prev[1] or stats.scored < prev[2]:  # first call, or reset on activation
             prev = (now - 1e-9, stats.received, stats.scored, stats.skipped, refused)
@@ -179,7 +217,7 @@ class IqaDiagnostics:
             qos_bad = dict(self.qos_incompatible)
 
         problems: list[tuple[int, str]] = []
-        if engine is None:
+        if health.state == "unconfigured":
             if self.configure_error:
                 problems.append((ERROR, f"configure failed: {self.configure_error}"))
             else:
@@ -207,7 +245,7 @@ class IqaDiagnostics:
         level = max((lv for lv, _ in problems), default=OK)
         message = "; ".join(m for lv, m in problems if lv == level) or "scoring"
         values = {
-            "state": "active" if active else ("inactive" if engine is not None else "unconfigured"),
+            "state": health.state,
             "input_rate_hz": f"{d_recv / dt:.2f}",
             "scored_rate_hz": f"{d_scored / dt:.2f}",
             "skipped_share": f"{skipped_share:.3f}",
@@ -220,12 +258,12 @@ class IqaDiagnostics:
             "frames_refused": str(refused),
             "inference_failures": str(stats.errors.get("inference_error", 0)),
             "consecutive_inference_failures": str(stats.consecutive_failures),
-            "model_id": engine.model_id if engine is not None else "",
-            "device": str(engine.device) if engine is not None else "",
-            "reference_views": str(len(refs)) if (refs := getattr(node, "references", None)) is not None else "0",
+            "model_id": health.model_id,
+            "device": health.device,
+            "reference_views": str(health.reference_views),
         }
         values |= {f"errors.{reason}": str(n) for reason, n in sorted(stats.errors.items())}
-        values |= {f"warning.{kind}": str(n) for kind, n in sorted(getattr(stats, "warnings", {}).items())}
+        values |= {f"warning.{kind}": str(n) for kind, n in sorted(stats.warnings.items())}
         values |= {f"qos_incompatible.{topic}": str(n) for topic, n in sorted(qos_bad.items())}
         return DiagnosticStatus(
             level=level,
@@ -251,8 +289,3 @@ class IqaDiagnostics:
 def status_values(status: DiagnosticStatus) -> dict[str, str]:
     """KeyValue list -> dict (for tests and tools)."""
     return {kv.key: kv.value for kv in status.values}
-
-
-def level_name(level: int | bytes) -> str:
-    lv = level[0] if isinstance(level, bytes) else int(level)
-    return _LEVEL_NAMES.get(lv, str(lv))
