@@ -44,14 +44,17 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 from geometry_msgs.msg import PoseStamped
 from rclpy.action.server import ActionServer, CancelResponse, GoalResponse, ServerGoalHandle
+from rclpy.callback_groups import CallbackGroup
 from rclpy.clock import ClockChange, JumpThreshold, TimeJump
 from rclpy.duration import Duration
+from rclpy.node import Node
 from rclpy.time import Time
 from sensor_msgs.msg import Image
 from usiqa_msgs.action import BestViewSearch
@@ -59,8 +62,17 @@ from usiqa_msgs.msg import QualityScore
 
 from usiqa_ros.ros.convert import array_to_image
 
-if TYPE_CHECKING:
-    from usiqa_ros.ros.iqa_node import IqaNode
+# Called on the scorer's thread after each published score: (score message, source message, decoded frame).
+ScoreListener = Callable[[QualityScore, Any, np.ndarray], None]
+
+
+class ScoreSource(Protocol):
+    """All the server needs from the scorer (IqaNode): to hear about every published score."""
+
+    def add_score_listener(self, listener: ScoreListener) -> None: ...
+
+    def remove_score_listener(self, listener: ScoreListener) -> None: ...
+
 
 ACTION_NAME = "best_view_search"
 Result = BestViewSearch.Result
@@ -276,8 +288,11 @@ class BestViewServer:
     node: active (goals accepted, scores listened to) between activate() and deactivate(), rejecting goals
     otherwise; destroy() at cleanup / shutdown."""
 
-    def __init__(self, node: IqaNode, config: BestViewConfig) -> None:
+    def __init__(
+        self, node: Node, scores: ScoreSource, config: BestViewConfig, callback_group: CallbackGroup | None = None
+    ) -> None:
         self.node = node
+        self._scores = scores
         self.config = config
         self._clock = node.get_clock()
         self._cond = threading.Condition()
@@ -314,7 +329,7 @@ class BestViewServer:
             execute_callback=self._execute,
             goal_callback=self._on_goal,
             cancel_callback=self._on_cancel,
-            callback_group=node.aux_group,
+            callback_group=callback_group,
         )
         poses = (
             f"poses {self._poses.describe()}" if self._poses else "poses off" if not config.pose_frame else "no poses"
@@ -552,16 +567,12 @@ class BestViewServer:
         return result
 
     # ------------------------------------------------------------ lifecycle
-    def active_searches(self) -> int:
-        with self._cond:
-            return len(self._searches)
-
     def activate(self) -> None:
         """Start accepting goals and listening to scores (node activation)."""
         with self._cond:
             self._active = True
-        self.node.remove_score_listener(self._on_score)
-        self.node.add_score_listener(self._on_score)
+        self._scores.remove_score_listener(self._on_score)
+        self._scores.add_score_listener(self._on_score)
 
     def deactivate(self, wait_s: float = 2.0) -> None:
         """End every goal (OUTCOME_UNKNOWN, aborted) and stop listening; goals are rejected until activate().
@@ -577,7 +588,7 @@ class BestViewServer:
             while self._executing and time.monotonic() < deadline:
                 self._cond.wait(deadline - time.monotonic())
             self._searches.clear()
-        self.node.remove_score_listener(self._on_score)
+        self._scores.remove_score_listener(self._on_score)
 
     def destroy(self) -> None:
         """Deactivate, then remove the action server, the TF listener and the clock callback (cleanup / shutdown)."""

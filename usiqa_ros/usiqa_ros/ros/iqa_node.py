@@ -19,7 +19,6 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -43,12 +42,9 @@ from usiqa_ros.core.checkpoint import CheckpointError
 from usiqa_ros.core.engine import Engine, EngineConfig, EngineError, FrameScore
 from usiqa_ros.core.preprocess import FrameError
 from usiqa_ros.core.references import ReferenceError, ReferenceFrame, ReferenceSet, combine, is_bag, load_references
-from usiqa_ros.ros.best_view import BestViewConfig, BestViewServer
+from usiqa_ros.ros.best_view import BestViewConfig, BestViewServer, ScoreListener
 from usiqa_ros.ros.convert import check_header, compressed_to_array, image_to_array
 from usiqa_ros.ros.diagnostics import Health, IqaDiagnostics, NodeStats, parameter_descriptors
-
-# Called from the worker thread after each publish: (score message, source message, decoded frame).
-ScoreListener = Callable[[QualityScore, Any, np.ndarray], None]
 
 
 @dataclass
@@ -325,7 +321,7 @@ class IqaNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         if self._best_view_config.enabled:  # created once, accepts goals only while active (as nav2 servers)
             if self._best_view is None:
-                self._best_view = BestViewServer(self, self._best_view_config)
+                self._best_view = BestViewServer(self, self, self._best_view_config, self.aux_group)
             self._best_view.activate()
         # Each entity gets its own profile: the standard QoS override parameters (read-only, declared here on first
         # use: qos_overrides./<resolved topic>.subscription|publisher.reliability|depth|history) are applied to it.
