@@ -22,6 +22,7 @@ from conftest import require
 from rcl_interfaces.msg import Log
 from rclpy.duration import Duration
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.time import Time
 from ros_helpers import Spinner, image_msg, wait_for
@@ -29,8 +30,9 @@ from rosgraph_msgs.msg import Clock
 from test_best_view import R, bv_node, peer_for, sim_sweep, stamp_ns
 from usiqa_msgs.msg import QualityScore
 
+from usiqa_ros.nodes.probe_sim import ProbeSim
 from usiqa_ros.ros.best_view import import_tf2
-from usiqa_ros.tools.phantom import Phantom, PhantomConfig, ProbePose
+from usiqa_ros.tools.phantom import Phantom, PhantomConfig, ProbePose, sweep_pose
 
 PROBE = "probe_tf_test"  # frame ids private to this module: /tf is shared by every node of the test session
 
@@ -211,6 +213,43 @@ def test_a_failed_lookup_leaves_best_pose_empty_and_says_why(tf_run):
     result = search.result(timeout=10)
     assert result.frames_evaluated == 2 and result.best_pose.header.frame_id == ""
     assert "best_pose empty" in result.message and "world <- probe_nowhere" in result.message
+
+
+def test_return_to_best_pose_with_probe_sim(ros):
+    """The planner's loop with the simulated probe: search over a sweep, send the probe back to best_pose, score
+    there. probe_sim's TF gives best_pose; the probe ends exactly at the sweep's pose at the best stamp."""
+    need_tf2()
+    ns, frame = "/bv_return", "probe_return_test"
+    sim = ProbeSim(
+        namespace=ns,
+        parameter_overrides=[
+            Parameter("rate", value=10.0),
+            Parameter("sweep_period_s", value=6.0),
+            Parameter("frame_id", value=frame),
+        ],
+    )
+    sim_spin = Spinner(sim, threads=2)
+    try:
+        with bv_node(ns, pose_frame="world") as node, peer_for(node, ns) as peer:
+            wait_for(lambda: len(peer.scores) > 3, 30)
+            result = peer.client.search(target_score=0.0, timeout=3.0)
+            assert result.outcome == R.TIMEOUT and result.best_pose.header.frame_id == "world", result.message
+            best_ns = stamp_ns(result.best.header)
+            there = peer.client.return_to_best(result, "probe_pose", "quality", frames=5, timeout=30)
+    finally:
+        sim_spin.stop()
+        sim.destroy_node()
+    assert sim.mode == "command"  # the command ended the sweep
+    swept = sweep_pose((best_ns - sim._t0.nanoseconds) * 1e-9, 6.0)  # where the probe was at the best stamp
+    held = sim.pose
+    assert np.allclose([held.x, held.y, held.lift, held.tilt], [swept.x, swept.y, swept.lift, swept.tilt], atol=1e-6)
+    assert len(there) == 5 and min(stamp_ns(m.header) for m in there) > best_ns
+    # frames of the same view (electronic noise only) score close to the best one; the sweep reached lower
+    with peer.lock:
+        sweep_scores = [m.score for m in peer.scores.values()]
+    mean_there = float(np.mean([m.score for m in there]))
+    print(f"return to best: best {result.best.score:.3f}, there {mean_there:.3f}, sweep min {min(sweep_scores):.3f}")
+    assert abs(mean_there - result.best.score) < 0.5 * (result.best.score - min(sweep_scores))
 
 
 # ---------------------------------------------------------------- ROS time

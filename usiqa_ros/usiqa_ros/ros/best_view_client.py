@@ -13,6 +13,9 @@ From a planner, in three lines (rclpy initialised, or let the client do it):
     if result.best_pose.header.frame_id:   # empty when the node has no pose_frame / TF (result.message says why)
         move_probe_to(result.best_pose)    # the probe pose when the best frame was acquired
 
+`return_to_best(result, command_topic="probe_pose")` does that for a probe that takes geometry_msgs/Pose commands
+(probe_sim) and returns the scores of the frames acquired there.
+
 Times are the node's: `timeout` and `min_hold` in seconds of its clock (simulated time under use_sim_time), frames
 stamped before `min_stamp` (default: the goal's acceptance) are ignored. `result()` waits `timeout` plus
 `server_timeout` seconds of wall time by default; with a /clock slower than real time pass it a longer wait.
@@ -34,6 +37,7 @@ from typing import Any
 
 import rclpy
 from action_msgs.msg import GoalStatus
+from geometry_msgs.msg import Pose
 from rclpy.action.client import ActionClient
 from rclpy.duration import Duration
 from rclpy.executors import SingleThreadedExecutor
@@ -41,6 +45,7 @@ from rclpy.node import Node
 from rclpy.task import Future
 from rclpy.time import Time
 from usiqa_msgs.action import BestViewSearch
+from usiqa_msgs.msg import QualityScore
 
 from usiqa_ros.ros.best_view import ACTION_NAME, OUTCOME_NAMES
 
@@ -108,6 +113,10 @@ class BestViewClient:
         self.action_name = action_name
         self._client: ActionClient[Any, Any, Any] = ActionClient(node, BestViewSearch, action_name)
 
+    def wait_for_server(self, timeout: float | None = None) -> bool:
+        """True once the action server is discovered, within `timeout` s (default: server_timeout)."""
+        return self._client.wait_for_server(timeout_sec=self.server_timeout if timeout is None else timeout)
+
     def start(
         self,
         target_score: float = 0.0,
@@ -142,6 +151,51 @@ class BestViewClient:
     def search(self, target_score: float = 0.0, timeout: float = 0.0, return_image: bool = False, **kw: Any) -> Any:
         """Run one search to its end and return the BestViewSearch.Result."""
         return self.start(target_score, timeout, return_image, **kw).result()
+
+    def return_to_best(
+        self,
+        result: Any,
+        command_topic: str = "probe_pose",
+        quality_topic: str = "quality",
+        frames: int = 10,
+        settle: float = 0.3,
+        timeout: float = 30.0,
+    ) -> list[QualityScore]:
+        """Send the probe back to result.best_pose as a geometry_msgs/Pose command on `command_topic` (probe_sim's
+        probe_pose; a robot goes through its planner) and return the scores of the first `frames` frames stamped at
+        least `settle` s (node clock) after the command: the quality of the best view when revisited.
+        BestViewError when there is no best_pose, nobody takes commands, or too few frames arrive in `timeout` s."""
+        ps = result.best_pose
+        if not ps.header.frame_id:
+            raise BestViewError(f"no best_pose to return to ({result.message.split('best_pose empty: ')[-1]})")
+        lock, done = threading.Lock(), threading.Event()
+        got: list[QualityScore] = []
+        first_ns = [2**63 - 1]  # frames stamped from here on were acquired at the commanded pose
+
+        def on_score(m: QualityScore) -> None:
+            with lock:
+                if Time.from_msg(m.header.stamp).nanoseconds >= first_ns[0] and len(got) < frames:
+                    got.append(m)
+                    if len(got) == frames:
+                        done.set()
+
+        pub = self.node.create_publisher(Pose, command_topic, 10)
+        sub = self.node.create_subscription(QualityScore, quality_topic, on_score, 50)
+        try:
+            deadline = time.monotonic() + timeout
+            while pub.get_subscription_count() == 0:
+                if time.monotonic() > deadline:
+                    raise BestViewError(f"nobody subscribes to {pub.topic_name} within {timeout:g} s")
+                time.sleep(0.05)
+            with lock:
+                first_ns[0] = (self.node.get_clock().now() + Duration(seconds=settle)).nanoseconds
+            pub.publish(ps.pose)
+            if not done.wait(max(0.0, deadline - time.monotonic())):
+                raise BestViewError(f"{len(got)} of {frames} frames scored at the returned pose within {timeout:g} s")
+            return got
+        finally:
+            self.node.destroy_subscription(sub)
+            self.node.destroy_publisher(pub)
 
     def close(self) -> None:
         self._client.destroy()
@@ -206,6 +260,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--save", default="", help="write the returned image to this file (implies --return-image)")
     ap.add_argument("--action", default=ACTION_NAME, help="action name (namespace it if the node is namespaced)")
     ap.add_argument("--server-timeout", type=float, default=10.0, help="seconds to wait for the server")
+    ap.add_argument(
+        "--return-to",
+        default="",
+        metavar="TOPIC",
+        help="then send the probe back to best_pose on this geometry_msgs/Pose topic (probe_sim: probe_pose) and "
+        "print the scores there beside the best score",
+    )
+    ap.add_argument("--quality-topic", default="quality", help="QualityScore topic read with --return-to")
+    ap.add_argument("--dwell", type=int, default=10, help="frames scored at the returned pose (--return-to)")
     args = ap.parse_args(rclpy.utilities.remove_ros_args(argv)[1:])
     try:
         with BestViewClient(action_name=args.action, server_timeout=args.server_timeout) as client:
@@ -231,6 +294,13 @@ def main(argv: list[str] | None = None) -> int:
 
                 cv2.imwrite(args.save, image_to_array(result.best_image))
                 print(f"saved     {args.save}")
+            if args.return_to and result.best.grade:
+                there = [m.score for m in client.return_to_best(result, args.return_to, args.quality_topic, args.dwell)]
+                print(
+                    f"returned  to best_pose: score {sum(there) / len(there):.3f} (min {min(there):.3f}, max "
+                    f"{max(there):.3f} over {len(there)} frames); best score {result.best.score:.3f}",
+                    flush=True,
+                )
     except BestViewError as e:
         print(f"best_view_client: {e}", file=sys.stderr)
         return 2
