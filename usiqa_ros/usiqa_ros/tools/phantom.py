@@ -260,3 +260,44 @@ def best_sweep_pose(period: float = 12.0, samples: int = 240, phantom: Phantom |
     qs = [ph.quality(sweep_pose(float(t), period)) for t in ts]
     i = int(np.argmax(qs))
     return float(ts[i]), float(qs[i])
+
+
+def sweep_distance(pose: ProbePose, period: float = 12.0, samples: int = 480) -> float:
+    """Smallest normalised distance of `pose` to the scripted sweep path (each axis by its sweep amplitude:
+    x 40 mm, y 18 mm, lift 4.5 mm, tilt 22 deg); 0 = on the path."""
+    best = math.inf
+    for t in np.linspace(0.0, period, samples, endpoint=False):
+        p = sweep_pose(float(t), period)
+        d = math.sqrt(
+            ((pose.x - p.x) / 40) ** 2 + ((pose.y - p.y) / 18) ** 2 + ((pose.lift - p.lift) / 4.5) ** 2
+            + ((pose.tilt - p.tilt) / 22) ** 2
+        )  # fmt: skip
+        best = min(best, d)
+    return best
+
+
+def teach_poses(
+    n: int = 3, seed: int = 0, min_distance: float = 0.15, phantom: Phantom | None = None
+) -> list[ProbePose]:
+    """`n` good views of the target that are NOT on the sweep path (normalised distance >= min_distance): the
+    poses a sonographer would hold to teach the target. Drawn (by `seed`) among the best-quality candidates of a
+    grid around the target, at least 3 mm apart."""
+    ph = phantom or Phantom(PhantomConfig(width=64, height=48, n_range=96, n_beams=64))
+    cands = []
+    for x in np.arange(-6.0, 6.1, 2.0):
+        for y in np.arange(-6.0, 6.1, 2.0):
+            for tilt in (-6.0, -3.0, 0.0, 3.0, 6.0):
+                p = ProbePose(float(x), float(y), 0.0, tilt)
+                if sweep_distance(p) >= min_distance:
+                    cands.append((ph.quality(p), p))
+    cands.sort(key=lambda c: -c[0])
+    top = [p for q, p in cands if q >= 0.95 * cands[0][0]]
+    rng = np.random.default_rng(seed)
+    chosen: list[ProbePose] = []
+    for i in rng.permutation(len(top)):
+        p = top[int(i)]
+        if all(math.hypot(p.x - c.x, p.y - c.y) >= 3.0 for c in chosen):
+            chosen.append(p)
+        if len(chosen) == n:
+            break
+    return chosen
