@@ -325,9 +325,12 @@ def test_node_without_tf2_runs_and_says_so_once(ros, monkeypatch):
     spin = Spinner(listener, threads=2)
     try:
         wait_for(lambda: listener.count_publishers("/rosout") > 0, 10)
-        with bv_node(ns, pose_frame="world") as node, peer_for(node, ns) as peer:
-            search = peer.client.start(target_score=0.0, timeout=60.0)
-            peer.feed(sim_sweep()[0][:1])
+        # feedback_rate 0 = no feedback at all (the same node checks that on the side)
+        with bv_node(ns, pose_frame="world", **{"best_view.feedback_rate": 0.0}) as node, peer_for(node, ns) as peer:
+            feedback = []
+            search = peer.client.start(target_score=0.0, timeout=60.0, feedback=feedback.append)
+            peer.feed(sim_sweep()[0][:2])
+            time.sleep(0.5)  # a feedback would follow a scored frame at once
             assert search.cancel()
             result = search.result(timeout=10)
             wait_for(lambda: any("goal ended" in m.msg for m in logs), 10)
@@ -336,6 +339,7 @@ def test_node_without_tf2_runs_and_says_so_once(ros, monkeypatch):
         listener.destroy_node()
     assert result.outcome == R.CANCELED and result.best.grade != QualityScore.GRADE_UNKNOWN
     assert result.best_pose.header.frame_id == ""
+    assert feedback == [] and result.frames_evaluated == 2
     assert "best_pose empty: poses unavailable: tf2_ros cannot be imported" in result.message
     said = [m for m in logs if "poses unavailable" in m.msg and "goal ended" not in m.msg]  # not the result's
     assert len(said) == 1 and said[0].level == Log.WARN and "tf2_ros" in said[0].msg, [m.msg for m in said]

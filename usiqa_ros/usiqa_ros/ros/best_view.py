@@ -476,7 +476,7 @@ class BestViewServer:
                     s.closed = True
                     return decided[0], decided[1], now - s.started_ns
                 seq, best = self._seq, s.best
-                if s.frames > last_fb_frames and now - last_fb_ns >= period_ns:
+                if rate > 0 and s.frames > last_fb_frames and now - last_fb_ns >= period_ns:
                     feedback = BestViewSearch.Feedback(
                         current=s.current, best=best.score if best else QualityScore(), frames_evaluated=s.frames
                     )
@@ -493,7 +493,7 @@ class BestViewServer:
                 wake = s.started_ns + s.timeout_ns
                 if s.frames == 0:
                     wake = min(wake, s.started_ns + self._grace_ns)
-                if s.frames > last_fb_frames:
+                if rate > 0 and s.frames > last_fb_frames:
                     wake = min(wake, last_fb_ns + period_ns)
                 s.wake_ns = wake
                 if self._seq == seq:  # nothing happened since the check above
