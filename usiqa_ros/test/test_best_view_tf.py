@@ -21,6 +21,7 @@ import pytest
 from conftest import require
 from rcl_interfaces.msg import Log
 from rclpy.duration import Duration
+from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -213,6 +214,21 @@ def test_a_failed_lookup_leaves_best_pose_empty_and_says_why(tf_run):
     result = search.result(timeout=10)
     assert result.frames_evaluated == 2 and result.best_pose.header.frame_id == ""
     assert "best_pose empty" in result.message and "world <- probe_nowhere" in result.message
+
+
+def test_poses_survive_a_lifecycle_cycle(tf_run):
+    """cleanup destroys the TF listener with the action server; configure + activate make new ones."""
+    node, peer, probe = tf_run
+    for transition in ("deactivate", "cleanup", "configure", "activate"):
+        assert getattr(node, f"trigger_{transition}")() == TransitionCallbackReturn.SUCCESS, transition
+    buffer = node._best_view._poses.buffer
+    wait_for(lambda: buffer.can_transform_core("world", PROBE, Time())[0], 15)
+    search = peer.client.start(target_score=0.0, timeout=60.0)
+    peer.feed(sim_sweep()[0][:1], frame_id=PROBE)
+    assert search.cancel()
+    result = search.result(timeout=10)
+    assert result.best_pose.header.frame_id == "world", result.message
+    assert max(pose_error(result.best_pose, probe)) < 0.1
 
 
 def test_return_to_best_pose_with_probe_sim(ros):
