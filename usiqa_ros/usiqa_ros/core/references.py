@@ -7,10 +7,11 @@ the references' own leave-one-out distances:
 
     d0 = median over references of their top-k distance to the OTHER references (other capture groups when the
          set has several: frames captured together are near-duplicates and would make d0 the noise level)
-    view = exp(-ln 2 * max(d - d0, 0) / (HALF_LIFE * d0))
+    view = 1 / (1 + exp((d / d0 - 1 - HALF_LIFE) / W)),   W = HALF_LIFE / ln 9
 
-so a frame as close to the references as they are to each other scores ~1, and the score halves every
-HALF_LIFE * d0 further away (~0 "unlike any reference").
+a logistic in the distance ratio: a frame as close to the references as they are to each other (d = d0) scores
+0.9, closer ones up to ~1, 0.5 at d = (1 + HALF_LIFE) d0, and ~0 from about 3 d0 ("unlike any reference").
+Strictly decreasing (no plateau), so frames closer than d0 still rank among themselves.
 
 Saved as one safetensors file (`references.safetensors`: tensor `embeddings` N x D float32, JSON metadata with
 the model id, the time and each frame's header), written atomically: a crash during a save leaves the previous
@@ -35,7 +36,7 @@ from usiqa_ros.core.safe_io import atomic_write_with
 FORMAT = "usiqa-references/1"
 REFERENCE_FILE = "references.safetensors"
 DEFAULT_TOP_K = 5
-HALF_LIFE = 0.5  # view score halves every HALF_LIFE * d0 beyond d0 (see module docstring; benchmarked)
+HALF_LIFE = 0.5  # view score 0.5 at d = (1 + HALF_LIFE) * d0 (see module docstring)
 MAX_REFERENCES = 5000
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -126,7 +127,8 @@ class ReferenceSet:
         d0 = self.d0
         if not math.isfinite(d0):  # one reference: no spread to calibrate on; its own scale is the norm
             d0 = max(float(np.sqrt(self._sq[0])) * 0.1, 1e-6)
-        return np.exp(-math.log(2.0) * np.maximum(d - d0, 0.0) / (HALF_LIFE * d0)).astype(np.float32)
+        z = (d / d0 - 1.0 - HALF_LIFE) / (HALF_LIFE / math.log(9.0))
+        return (1.0 / (1.0 + np.exp(np.clip(z, -60.0, 60.0)))).astype(np.float32)
 
     # ------------------------------------------------------------ persistence
     def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
