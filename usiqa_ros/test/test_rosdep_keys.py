@@ -43,6 +43,7 @@ IMPORT_KEYS = {
     "pytest": "python3-pytest",
     "sklearn": "python3-sklearn",
     "catkin_pkg": "python3-catkin-pkg",
+    "PIL": "python3-pil",
     "tf2_ros": "tf2_ros_py",  # the Python module; package tf2_ros is the C++ library
 }
 # Keys needed although no module of the package imports them.
@@ -50,6 +51,7 @@ INDIRECT = {
     "python3-torchvision": "timm imports it; declared so that pip does not pull a torchvision that misfits torch",
     "python3-onnx-pip": "torch.onnx.export (ONNX Runtime backend) needs the onnx package",
     "ros2launch": "the `ros2 launch` verb for launch/*.launch.py",
+    "builtin_interfaces": "Time/Duration fields of the scores and bags the package writes (whether imported or not)",
 }
 # Imports guarded by try/except whose absence only removes a feature.
 OPTIONAL_IMPORTS = {"brisque": "an extra baseline in core/baselines.py, listed only when it imports"}
