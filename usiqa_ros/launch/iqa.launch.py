@@ -65,6 +65,7 @@ def _node(context: LaunchContext) -> list[Node]:
             parameters=params,
             output="screen",
             emulate_tty=True,
+            sigterm_timeout=LaunchConfiguration("sigterm_timeout"),
         )
     ]
 
@@ -87,6 +88,9 @@ def arguments() -> list[DeclareLaunchArgument]:
             description="Parameter YAML for iqa_node",
         ),
         *[DeclareLaunchArgument(k, default_value="", description=d) for k, (_, d) in OVERRIDES.items()],
+        # launch sends SIGTERM this long after SIGINT (its default: 5 s). After Ctrl-C the node stops its worker,
+        # shuts rclpy down and exits; the interpreter's teardown of torch alone takes 2-3 s on a loaded 2-core machine.
+        DeclareLaunchArgument("sigterm_timeout", default_value="30", description="Seconds from SIGINT to SIGTERM"),
     ]
 
 

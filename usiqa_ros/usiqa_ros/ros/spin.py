@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 from collections.abc import Callable
 
 import rclpy
@@ -18,5 +20,9 @@ def spin_node(make_node: Callable[[], Node], args: list[str] | None = None) -> N
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        # A second SIGINT while cleaning up (`ros2 launch` forwards one after `kill -INT -PGID` or a terminal's
+        # Ctrl-C already reached the process group) would abort destroy_node: "process has died ... exit code -2".
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         node.destroy_node()
         rclpy.try_shutdown()
