@@ -127,3 +127,68 @@ def test_lite_model_traces_and_exports_to_onnx(tmp_path):
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     out = sess.run(None, {"image": x.numpy()})[0]
     np.testing.assert_allclose(out, ref.numpy(), atol=1e-3)
+
+
+def test_imagenet_key_mapping_is_exact_and_classifies_a_natural_image():
+    """The wheel's EfficientNet-PyTorch names map onto timm's by position with equal shapes, the load is strict,
+    and the photo of Grace Hopper (matplotlib's sample data; the classic TensorFlow example) gets an
+    ImageNet class near 'military uniform' (652)."""
+    from conftest import require
+
+    from usiqa_ros.core.model.pretrained import PretrainedUnavailable, imagenet_state_dict, imagenet_weights_path
+
+    try:
+        imagenet_weights_path("tf_efficientnet_lite0")
+    except PretrainedUnavailable as e:
+        require(False, str(e))
+    import matplotlib.cbook
+    import timm
+    from PIL import Image
+
+    state = imagenet_state_dict("tf_efficientnet_lite0")
+    net = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
+    expected = [k for k in net.state_dict() if not k.endswith("num_batches_tracked")]
+    assert list(state) == expected and len(state) == 247
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing)
+    with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
+        img = np.asarray(Image.open(f).convert("RGB").resize((224, 224)), dtype=np.float32) / 255.0
+    x = (torch.from_numpy(img).permute(2, 0, 1)[None] - 0.5) / 0.5
+    with torch.inference_mode():
+        top5 = net(x).topk(5).indices[0].tolist()
+    assert 652 in top5, top5  # military uniform
+    with pytest.raises(PretrainedUnavailable):
+        imagenet_weights_path("resnet18")
+
+
+def test_lite_model_starts_from_imagenet_and_normalises_inside():
+    from conftest import require
+
+    from usiqa_ros.core.model.pretrained import PretrainedUnavailable, load_imagenet_backbone
+
+    model = build_model("usqnet_lite").eval()
+    assert model.config.input_mean == 0.5 and model.config.input_std == 0.5
+    try:
+        n = load_imagenet_backbone(model.backbone, model.config.backbone)
+    except PretrainedUnavailable as e:
+        require(False, str(e))
+    assert n == 245  # 247 minus the classifier's weight and bias
+    x = torch.rand(1, 3, 160, 160)
+    with torch.inference_mode():
+        manual = model.global_pool(model.backbone.forward_features((x - 0.5) / 0.5))
+        assert torch.allclose(model.forward_features(x), manual)
+
+
+def test_previous_resnet18_lite_checkpoint_still_loads(tmp_path):
+    """Checkpoints of the first lite model (ResNet-18, no normalisation keys in the metadata) still load."""
+    from usiqa_ros.core.checkpoint import load_checkpoint, save_checkpoint
+    from usiqa_ros.core.model.usqnet import usqnet_lite_resnet18_config
+
+    torch.manual_seed(0)
+    old = build_model(usqnet_lite_resnet18_config()).eval()
+    path = save_checkpoint(tmp_path / "old.safetensors", old)
+    loaded = load_checkpoint(path)
+    assert loaded.model.config.backbone == "resnet18" and loaded.model.config.input_mean == 0.0
+    x = torch.rand(1, 3, 160, 160)
+    with torch.inference_mode():
+        assert torch.allclose(loaded.model(x), old(x), atol=1e-6)

@@ -56,6 +56,11 @@ class TrainConfig:
     theta: float = 0.1
     beta: float = 0.1
     strong_blur_epsilon: float = 0.1  # known degradation degree (blur severity) and hinge margin
+    # USCL-style pretraining (usiqa-train pretrain): see pretrain.py.
+    pretrain_steps: int = 100
+    temperature: float = 0.2
+    mixup: float = 0.0  # > 0: mix views with another frame of the same group, weight uniform in [1 - mixup, 1]
+    frozen_blocks: int = 6  # leading backbone blocks kept at their starting weights
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

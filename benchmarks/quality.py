@@ -1,0 +1,339 @@
+"""Does the score mean image quality on real ultrasound, and does it generalise to artefacts it never saw?
+
+    .venv/bin/python -m benchmarks.quality   -> benchmarks/results/quality.json + quality.md
+
+Evaluation frames: every `real_us` row whose group was never trained on (core/data/corpus.py quality_split:
+NC/ND lung POCUS and COVID-BLUES, BUSI breast, 40 HC18 fetal heads held out of the corpus, the infant hips).
+Every frame gets, with a fixed seed: one degraded copy per artefact family (severity uniform in 0.3-1.0);
+four quality-preserving changes (flip, brightness x0.9 and x1.1, a 4-pixel shift); and, when it has a clean
+anechoic region, two copies with haze or noise added ONLY inside that region (the dark-region test).
+
+1. The bundled model, end to end through `core.engine.Engine` (the node's path).
+2. Every classical baseline of core/baselines.py on the same pairs.
+3. Leave-one-family-out: for each family F, the lite recipe from the same ImageNet start with a fixed small
+   budget (`--lofo-steps` top-training steps on the cached units of scripts/train_default_model.py) without
+   any unit image of F, tested on F; an in-distribution run with the same budget beside it.
+4. USCL pretraining: the same in-distribution budget from the `usiqa-train pretrain` checkpoint.
+5. Hip standard vs substandard (the only real quality labels): zero-shot AUC of the score, and grouped
+   5-fold CV of a logistic-regression probe and of a nearest-standard-reference distance on the descriptor.
+Stages are cached in --work (resumable); the bundled model's numbers are always recomputed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from benchmarks.common import RESULTS
+from usiqa_ros.core.baselines import available_baselines
+from usiqa_ros.core.data.corpus import REAL_US, US_CORPUS, Row, load_rows, quality_split
+from usiqa_ros.core.data.degrade import FAMILIES, dark_region_mask, degrade, scan_mask
+from usiqa_ros.core.data.synthetic import load_gray
+from usiqa_ros.core.engine import Engine, EngineConfig
+from usiqa_ros.core.metrics import pairwise_accuracy
+from usiqa_ros.core.preprocess import PreprocessConfig, preprocess_frame
+
+CONSISTENCY = ("flip", "brightness_0.9", "brightness_1.1", "shift_4px")
+DARK = ("dark_haze", "dark_noise")
+OUT_JSON = RESULTS / "quality.json"
+OUT_MD = RESULTS / "quality.md"
+
+
+def dark_region_variants(img: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Haze or noise added only inside the frame's anechoic region(s); {} when it has none large enough."""
+    sector = scan_mask(img)
+    dark = dark_region_mask(img, sector, min_fraction=0.02)
+    if dark.sum() < 0.02 * max(sector.sum(), 1):
+        return {}
+    h, w = img.shape
+    soft = cv2.GaussianBlur(dark, (0, 0), 0.005 * w + 0.5)
+    grain = rng.uniform(0.003, 0.01) * w
+    tex = cv2.GaussianBlur(rng.standard_normal((h, w)).astype(np.float32), (0, 0), grain)
+    tex = tex / max(float(tex.std()), 1e-6)
+    hazy = img + soft * rng.uniform(0.25, 0.45) * np.clip(0.8 + 0.3 * tex, 0, 1.5)
+    noisy = img + soft * rng.uniform(0.12, 0.25) * np.abs(rng.standard_normal((h, w)).astype(np.float32))
+    return {"dark_haze": np.clip(hazy, 0, 1).astype(np.float32), "dark_noise": np.clip(noisy, 0, 1).astype(np.float32)}
+
+
+def variants(img: np.ndarray, seed: int, idx: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng((seed, idx))
+    out = {"clean": img}
+    for f in FAMILIES:
+        out[f] = degrade(img, f, float(rng.uniform(0.3, 1.0)), rng)
+    m = np.float32([[1, 0, 4], [0, 1, 0]])
+    out.update(
+        {
+            "flip": np.ascontiguousarray(img[:, ::-1]),
+            "brightness_0.9": np.clip(img * 0.9, 0, 1),
+            "brightness_1.1": np.clip(img * 1.1, 0, 1),
+            "shift_4px": cv2.warpAffine(img, m, (img.shape[1], img.shape[0]), flags=cv2.INTER_NEAREST),
+        }
+    )
+    out.update(dark_region_variants(img, rng))
+    return out
+
+
+def summarise(scores: dict[str, np.ndarray], names: list[str]) -> dict:
+    """Pairwise accuracies (clean > variant) per family and dark test; median |change| per consistency view."""
+    clean = scores["clean"]
+    res: dict = {"families": {}, "dark_region": {}, "consistency_median_abs": {}}
+    for f in names:
+        res["families"][f] = pairwise_accuracy(clean, scores[f])
+    for d in DARK:
+        ok = ~np.isnan(scores[d])
+        res["dark_region"][d] = pairwise_accuracy(clean[ok], scores[d][ok]) if ok.any() else float("nan")
+        res["dark_region"]["n"] = int(ok.sum())
+    for c in CONSISTENCY:
+        res["consistency_median_abs"][c] = float(np.median(np.abs(scores[c] - clean)))
+    fam = list(res["families"].values())
+    res["families_min"] = float(np.min(fam))
+    res["families_mean"] = float(np.mean(fam))
+    return res
+
+
+def score_all(fn, frames_variants: list[dict[str, np.ndarray]], keys: list[str]) -> dict[str, np.ndarray]:
+    out = {k: np.full(len(frames_variants), np.nan) for k in keys}
+    for i, v in enumerate(frames_variants):
+        present = [k for k in keys if k in v]
+        vals = fn([v[k] for k in present])
+        for k, s in zip(present, vals, strict=True):
+            out[k][i] = s
+    return out
+
+
+def hip_checks(engine: Engine, rows: list[Row], seed: int) -> dict:
+    """Zero-shot AUC of the score, grouped 5-fold CV of a logistic probe and a reference-distance score."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedGroupKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    hip = [r for r in rows if r.source == "hip"]
+    y = np.array([1 if "quality=standard" in r.label else 0 for r in hip])
+    groups = [r.group for r in hip]
+    imgs = [load_gray(r.path) for r in hip]
+    score = np.array([s.score for s in engine.score(imgs)])
+    x = torch.from_numpy(np.stack([engine.preprocess(i) for i in imgs])).expand(-1, 3, -1, -1)
+    with torch.inference_mode():
+        feats = engine.checkpoint.model.eval().forward_features(x).numpy()
+    probe, dist = np.zeros(len(y)), np.zeros(len(y))
+    cv = StratifiedGroupKFold(n_splits=5, shuffle=True, random_state=seed)
+    for tr, te in cv.split(feats, y, groups):
+        clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
+        clf.fit(feats[tr], y[tr])
+        probe[te] = clf.predict_proba(feats[te])[:, 1]
+        refs = feats[tr][y[tr] == 1]
+        d = np.linalg.norm(feats[te][:, None] - refs[None], axis=-1)
+        dist[te] = -np.sort(d, 1)[:, : min(5, len(refs))].mean(1)
+    return {
+        "n_standard": int(y.sum()),
+        "n_substandard": int((1 - y).sum()),
+        "zero_shot_score_auc": float(roc_auc_score(y, score)),
+        "grouped_cv_probe_auc": float(roc_auc_score(y, probe)),
+        "grouped_cv_reference_distance_auc": float(roc_auc_score(y, dist)),
+        "cv": "StratifiedGroupKFold(5) over manifest groups; probe = logistic regression (C=0.1) on the "
+        "forward_features descriptor; reference distance = -mean distance to the 5 nearest standard frames of the "
+        "training folds",
+    }
+
+
+def run_lofo(args, eval_inputs: list[dict[str, np.ndarray]], keys: list[str], work: Path, log) -> dict:
+    """Leave-one-family-out and in-distribution runs (fixed budget) on the cached units; resumable per run."""
+    from scripts.train_default_model import FROZEN, get_cache, start_model
+    from usiqa_ros.core.train.families import TopTrainConfig, scores_from_feats, train_top, trunk_feats
+
+    frozen = FROZEN["usqnet_lite"]
+    cache = get_cache(Path(args.train_work), "usqnet_lite", "", args.units, args.shards, 0, frozen)
+    base, start = start_model("usqnet_lite", "")
+    flat = [(i, k) for i, v in enumerate(eval_inputs) for k in keys if k in v]
+    feats_path = work / "eval_trunk.safetensors"
+    if feats_path.exists():
+        from safetensors.torch import load_file
+
+        feats = load_file(str(feats_path))["feats"]
+    else:
+        from safetensors.torch import save_file
+
+        feats = trunk_feats(base, [eval_inputs[i][k] for i, k in flat], frozen)
+        save_file({"feats": feats}, str(feats_path))
+    runs = {"in_distribution": ()} | {f"without_{f}": (f,) for f in FAMILIES}
+    if args.pretrained and Path(args.pretrained).exists():
+        runs["in_distribution_uscl_init"] = ()
+    results: dict = {}
+    for name, exclude in runs.items():
+        path = work / f"run_{name}.json"
+        if path.exists():
+            results[name] = json.loads(path.read_text())
+            continue
+        init = args.pretrained if name.endswith("uscl_init") else ""
+        model, _ = start_model("usqnet_lite", init)
+        cfg = TopTrainConfig(steps=args.lofo_steps, units_per_step=12, lr=1e-3, seed=1, exclude=exclude)
+        summary = train_top(model, cache, frozen, cfg, log=lambda m: None)
+        s = scores_from_feats(model, feats, frozen)
+        per = {k: np.full(len(eval_inputs), np.nan) for k in keys}
+        for (i, k), v in zip(flat, s, strict=True):
+            per[k][i] = v
+        res = summarise(per, list(FAMILIES))
+        res["seconds"] = summary["seconds"]
+        res["excluded"] = list(exclude)
+        path.write_text(json.dumps(res, indent=1))
+        log(f"{name}: min {res['families_min']:.3f} mean {res['families_mean']:.3f} ({summary['seconds']} s)")
+        results[name] = res
+    return {"start": start, "steps": args.lofo_steps, "units_per_step": 12, "frozen_blocks": frozen, "runs": results}
+
+
+def markdown(res: dict) -> str:
+    fams = list(FAMILIES)
+    model = res["bundled"]
+    base = res["baselines"]
+    lofo = res.get("lofo", {}).get("runs", {})
+    head = ["family", "bundled model"] + (["in-distr. (short)", "left out (short)"] if lofo else []) + list(base)
+    lines = [
+        f"Pairwise accuracy, clean real frame > its degraded copy, {res['n_eval_frames']} held-out real frames "
+        f"(groups never trained on). Model {res['model_id']}.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for f in fams:
+        row = [f, f"{model['families'][f]:.3f}"]
+        if lofo:
+            row += [f"{lofo['in_distribution']['families'][f]:.3f}", f"{lofo[f'without_{f}']['families'][f]:.3f}"]
+        row += [f"{b['families'][f]:.3f}" for b in base.values()]
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", f"Dark-region test (n = {model['dark_region']['n']} frames with an anechoic region):", ""]
+    lines += ["| test | bundled model | " + " | ".join(base) + " |", "|" + "---|" * (2 + len(base))]
+    for d in DARK:
+        lines.append(f"| {d} | {model['dark_region'][d]:.3f} | " + " | ".join(f"{b['dark_region'][d]:.3f}" for b in base.values()) + " |")
+    lines += ["", "Consistency, median |score change| (bundled model): "]
+    lines.append(", ".join(f"{k} {v:.4f}" for k, v in model["consistency_median_abs"].items()))
+    hip = res.get("hip", {})
+    if hip:
+        lines += [
+            "",
+            f"Hip standard vs substandard ({hip['n_standard']} vs {hip['n_substandard']}): zero-shot score AUC "
+            f"{hip['zero_shot_score_auc']:.3f}; grouped 5-fold CV on the descriptor: logistic probe AUC "
+            f"{hip['grouped_cv_probe_auc']:.3f}, nearest-standard-reference distance AUC "
+            f"{hip['grouped_cv_reference_distance_auc']:.3f}.",
+        ]
+    if "in_distribution_uscl_init" in lofo:
+        a, b = lofo["in_distribution"], lofo["in_distribution_uscl_init"]
+        lines += [
+            "",
+            f"USCL pretraining, same short budget: ImageNet start mean {a['families_mean']:.3f} / min "
+            f"{a['families_min']:.3f}, dark {a['dark_region']['dark_haze']:.3f}; ImageNet + USCL start mean "
+            f"{b['families_mean']:.3f} / min {b['families_min']:.3f}, dark {b['dark_region']['dark_haze']:.3f}.",
+        ]
+    if lofo:
+        lines += ["", f"Short runs: {res['lofo']['steps']} steps of {res['lofo']['units_per_step']} units from "
+                  f"{res['lofo']['start']}, {res['lofo']['frozen_blocks']} leading blocks frozen."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="", help="checkpoint (default: the bundled one)")
+    ap.add_argument("--work", default="runs/quality")
+    ap.add_argument("--train-work", default="runs/default_model", help="cache of scripts/train_default_model.py")
+    ap.add_argument("--units", type=int, default=3000)
+    ap.add_argument("--shards", type=int, default=2)
+    ap.add_argument("--lofo-steps", type=int, default=150)
+    ap.add_argument("--skip-lofo", action="store_true")
+    ap.add_argument("--skip-baselines", action="store_true")
+    ap.add_argument("--pretrained", default="runs/pretrain/pretrain.safetensors")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-frames", type=int, default=0, help="evaluate every k-th frame to keep this many (slow models)")
+    ap.add_argument("--out-json", default=str(OUT_JSON))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    logf = open(work / "quality.log", "a")
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+        print(f"{time.strftime('%H:%M:%S')} {msg}", file=logf, flush=True)
+
+    corpus, real = load_rows(US_CORPUS, "us_corpus"), load_rows(REAL_US, "real_us")
+    train_rows, eval_rows = quality_split(corpus, real)
+    if args.max_frames and len(eval_rows) > args.max_frames:
+        eval_rows = eval_rows[:: -(-len(eval_rows) // args.max_frames)]
+    assert not ({r.group for r in train_rows} & {r.group for r in eval_rows}), "a group on both sides"
+    frames = [load_gray(r.path) for r in eval_rows]
+    all_variants = [variants(f, args.seed, i) for i, f in enumerate(frames)]
+    keys = ["clean", *FAMILIES, *CONSISTENCY, *DARK]
+    engine = Engine(EngineConfig(model_path=args.model, backend="eager", num_threads=1, warmup_iterations=1))
+    t0 = time.monotonic()
+    bundled_scores = score_all(lambda xs: [s.score for s in engine.score(xs)], all_variants, keys)
+    res: dict = {
+        "command": "python -m benchmarks.quality " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "model_id": engine.model_id,
+        "n_eval_frames": len(eval_rows),
+        "eval_sources": {s: sum(r.source == s for r in eval_rows) for s in sorted({r.source for r in eval_rows})},
+        "severity": "uniform 0.3-1.0 per frame and family (seeded)",
+        "bundled": summarise(bundled_scores, list(FAMILIES)),
+    }
+    res["bundled"]["per_source_families_mean"] = {
+        s: float(
+            np.mean(
+                [
+                    pairwise_accuracy(
+                        bundled_scores["clean"][[r.source == s for r in eval_rows]],
+                        bundled_scores[f][[r.source == s for r in eval_rows]],
+                    )
+                    for f in FAMILIES
+                ]
+            )
+        )
+        for s in res["eval_sources"]
+    }
+    log(f"bundled model scored in {time.monotonic() - t0:.0f} s: min {res['bundled']['families_min']:.3f}")
+    res["hip"] = hip_checks(engine, eval_rows, args.seed) if sum(r.source == "hip" for r in eval_rows) >= 10 else {}
+    log(f"hip: {res['hip']}")
+    res["baselines"] = {}
+    if not args.skip_baselines:
+        for name, fn in available_baselines().items():
+            path = work / f"baseline_{name}.json"
+            if path.exists():
+                res["baselines"][name] = json.loads(path.read_text())
+                continue
+            t0 = time.monotonic()
+            sc = score_all(lambda xs, fn=fn: [fn(x) for x in xs], all_variants, ["clean", *FAMILIES, *DARK, *CONSISTENCY])
+            b = summarise(sc, list(FAMILIES))
+            del b["consistency_median_abs"]  # baselines are not on the [0, 1] score scale
+            path.write_text(json.dumps(b, indent=1))
+            res["baselines"][name] = b
+            log(f"baseline {name}: {time.monotonic() - t0:.0f} s, min {b['families_min']:.3f}")
+    if not args.skip_lofo:
+        pre = PreprocessConfig(input_size=engine.preprocess_config.input_size)
+        eval_inputs = [{k: preprocess_frame(v, pre) for k, v in vs.items()} for vs in all_variants]
+        res["lofo"] = run_lofo(args, eval_inputs, keys, work, log)
+    beats = {
+        f: all(res["bundled"]["families"][f] > b["families"][f] for b in res["baselines"].values()) for f in FAMILIES
+    }
+    res["acceptance"] = {
+        "bundled_families_min_ge_0.95": res["bundled"]["families_min"] >= 0.95,
+        "lofo_left_out_min": min(
+            (v["families"][v["excluded"][0]] for v in res.get("lofo", {}).get("runs", {}).values() if v["excluded"]),
+            default=float("nan"),
+        ),
+        "dark_region_ge_0.95": min(res["bundled"]["dark_region"][d] for d in DARK) >= 0.95,
+        "consistency_median_le_0.03": max(res["bundled"]["consistency_median_abs"].values()) <= 0.03,
+        "above_every_baseline_per_family": beats,
+        "hip_zero_shot_auc": res["hip"].get("zero_shot_score_auc"),
+    }
+    Path(args.out_json).write_text(json.dumps(res, indent=1) + "\n")
+    Path(args.out_json).with_suffix(".md").write_text(markdown(res))
+    log(markdown(res))
+
+
+if __name__ == "__main__":
+    main()

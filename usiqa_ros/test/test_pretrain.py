@@ -1,0 +1,155 @@
+"""Family training on a cache and USCL-style pretraining: losses mean what they say, a short run learns, state
+resumes, and a pretrained checkpoint is an ordinary checkpoint that training starts from (`--init`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from usiqa_ros.core.checkpoint import load_checkpoint
+from usiqa_ros.core.data.corpus import load_rows, training_rows
+from usiqa_ros.core.data.degrade import FAMILIES
+from usiqa_ros.core.model import USQNetConfig, build_model
+from usiqa_ros.core.model.usqnet import usqnet_lite_config
+from usiqa_ros.core.train.cli import main as train_main
+from usiqa_ros.core.train.families import (
+    ROLE_CLEAN,
+    ROLE_DEGRADED,
+    ROLE_VIEW,
+    TopTrainConfig,
+    UnitConfig,
+    balanced_picker,
+    build_cache,
+    load_frames,
+    make_unit,
+    quality_losses,
+    soft_grade_targets,
+    top_forward,
+    train_top,
+    trunk_forward,
+)
+from usiqa_ros.core.train.pretrain import nt_xent
+
+FROZEN = 5
+
+
+def _tiny() -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = usqnet_lite_config().to_dict() | {"input_size": 64, "global_dim": 16, "head_hidden": 16}
+    return build_model(USQNetConfig.from_dict(cfg))
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A manifest of 8 speckle frames in 4 groups, plus one non-permissive row whose file does not exist."""
+    root = tmp_path_factory.mktemp("corpus")
+    rng = np.random.default_rng(0)
+    lines = ["file,license,group,label"]
+    for i in range(8):
+        img = cv2.GaussianBlur(rng.random((90, 120)).astype(np.float32), (0, 0), 1.2)
+        img = (img - img.min()) / (img.max() - img.min())
+        img[30:55, 40:70] = 0.02  # an anechoic region
+        src = "pocus" if i % 2 else "hc18"
+        cv2.imwrite(str(root / f"{src}_{i}.png"), np.round(img * 255).astype(np.uint8))
+        lines.append(f"{src}_{i}.png,CC BY 4.0,{src}_g{i // 2},")
+    lines.append("blues_missing.png,CC BY-NC-ND 4.0,blues_g9,")
+    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_unit_has_clean_view_and_two_families(corpus: Path) -> None:
+    rows = training_rows(load_rows(corpus, "t"))
+    assert len(rows) == 8, "the NC-ND row must be filtered out"
+    frames = load_frames(rows)
+    unit = make_unit(frames[0], UnitConfig(input_size=64), np.random.default_rng(0), list(FAMILIES))
+    assert [u[1] for u in unit] == [ROLE_CLEAN, ROLE_VIEW, ROLE_DEGRADED, ROLE_DEGRADED]
+    assert unit[2][2] != unit[3][2] and all(u[0].shape == (1, 64, 64) for u in unit)
+    assert all(0.05 <= u[3] <= 1 for u in unit[2:])
+
+
+def test_trunk_then_top_equals_the_model() -> None:
+    model = _tiny().eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.inference_mode():
+        _, logits = top_forward(model, trunk_forward(model, x, FROZEN), FROZEN)
+        assert torch.allclose(logits, model(x), atol=1e-5)
+
+
+def test_soft_targets_and_losses() -> None:
+    t = torch.tensor([0.0, 0.3, 0.9, 1.0])
+    soft = soft_grade_targets(t, 5)
+    assert torch.allclose(soft.sum(1), torch.ones(4))
+    assert torch.allclose((soft * torch.arange(5)).sum(1) / 4, t)
+    role = torch.tensor([ROLE_CLEAN, ROLE_VIEW, ROLE_DEGRADED])
+    sev, unit = torch.tensor([0.0, 0.0, 0.8]), torch.tensor([0, 0, 0])
+    good = torch.tensor([[0.0, 0, 0, 0, 9], [0.0, 0, 0, 0, 9], [9.0, 0, 0, 0, 0]])
+    bad = torch.tensor([[9.0, 0, 0, 0, 0], [0.0, 0, 0, 0, 9], [0.0, 0, 0, 0, 9]])
+    cfg = TopTrainConfig()
+    lg, lb = quality_losses(good, role, sev, unit, cfg), quality_losses(bad, role, sev, unit, cfg)
+    assert lg["rank"] < 1e-3 and lg["consistency"] < 1e-6
+    assert lb["rank"] > 0.5 and lb["consistency"] > 0.5 and lb["total"] > lg["total"]
+
+
+def test_short_training_learns_excludes_and_resumes(corpus: Path, tmp_path: Path) -> None:
+    rows = training_rows(load_rows(corpus, "t"))
+    frames = load_frames(rows)
+    model = _tiny()
+    cache = build_cache(model, frames, balanced_picker(rows), 16, FROZEN, seed=0, log=lambda m: None)
+    assert len(cache.role) == 64 and cache.feats.dtype == torch.float16
+    cache.save(tmp_path / "c.safetensors")
+    cache = type(cache).load(tmp_path / "c.safetensors")
+    cfg = TopTrainConfig(steps=40, units_per_step=8, lr=3e-3)
+    summary = train_top(model, cache, FROZEN, cfg, log=lambda m: None, log_every=10)
+    first, last = summary["history"][0]["total"], summary["history"][-1]["total"]
+    assert last < first, summary["history"]
+    fam = cache.families[int(cache.family[2])]
+    excl = train_top(_tiny(), cache, FROZEN, TopTrainConfig(steps=1, exclude=(fam,)), log=lambda m: None)
+    assert excl["units"] == 16  # units stay, only their images of the excluded family go
+    with pytest.raises(ValueError, match="unknown family"):
+        train_top(_tiny(), cache, FROZEN, TopTrainConfig(steps=1, exclude=("nope",)), log=lambda m: None)
+    state = tmp_path / "state"
+    m1 = _tiny()
+    train_top(m1, cache, FROZEN, TopTrainConfig(steps=4, units_per_step=4), log=lambda m: None, state_dir=state, save_every=2)
+    assert (state / "state_optim.safetensors").exists()
+    msgs: list[str] = []
+    train_top(_tiny(), cache, FROZEN, TopTrainConfig(steps=4, units_per_step=4), log=msgs.append, state_dir=state)
+    assert any("resumed at step 2" in m for m in msgs)
+
+
+def test_nt_xent_prefers_matching_pairs() -> None:
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(8, 16, generator=g)
+    assert nt_xent(z, z + 0.01 * torch.randn(8, 16, generator=g), 0.2) < nt_xent(z, z[torch.randperm(8, generator=g)], 0.2)
+
+
+def test_pretrain_cli_writes_a_checkpoint_training_starts_from(corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "pre"
+    sets = [
+        f"data={corpus}/manifest.csv",
+        f"out={out}",
+        "pretrain_steps=3",
+        "batch_size=8",
+        "frozen_blocks=5",
+        "progress=false",
+        "model_overrides.input_size=64",
+        "model_overrides.global_dim=16",
+        "model_overrides.head_hidden=16",
+    ]
+    assert train_main(["pretrain", *[a for s in sets for a in ("--set", s)]]) == 0
+    ckpt = load_checkpoint(out / "pretrain.safetensors")
+    assert ckpt.metadata["training"]["kind"] == "uscl_pretrain"
+    assert ckpt.metadata["training"]["rows"] == 8 and ckpt.metadata["training"]["licences"] == ["CC BY 4.0"]
+    log = [json.loads(line.split(" ", 1)[1]) for line in (out / "pretrain.log").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3]
+    # --init: the same weights start the next stage
+    cfg = train_main(["supervised", "--init", str(out / "pretrain.safetensors"), "--print-config"])
+    assert cfg == 0
+    start = load_checkpoint(out / "pretrain.safetensors").model
+    x = torch.rand(1, 3, 64, 64)
+    with torch.inference_mode():
+        assert torch.allclose(start.forward_features(x), ckpt.model.forward_features(x))

@@ -1,0 +1,417 @@
+"""Quality training on artefact families over real frames: grade + ranking + consistency losses, on CPU.
+
+A *unit* is one real frame (randomly augmented) in four versions: clean A, a quality-preserving change A'
+(horizontal flip, +-10 % brightness or a few-pixel shift), and two degraded copies D1, D2 of two different
+artefact families (`core.data.degrade.FAMILIES`) at random severities. Losses on the score s = expected grade:
+- grade: soft cross-entropy to the grade of `severity_to_score` (clean = 1) for every version;
+- ranking: s(A) > s(D) + margin(severity) (clean copy above its degraded copy, the same frame);
+- consistency: (s(A) - s(A'))^2.
+
+CPU budget. The backbone's early blocks are frozen at their ImageNet (or pretrained) weights, so their
+output for each version of each unit is computed once and cached (`build_cache`); training runs only the
+trainable top (last block(s), 1x1 head conv, second-order pooling, MLP) on the cache. The same cache serves the
+bundled model, every leave-one-family-out run (units keep their other family) and the in-distribution runs,
+so they differ only in what they may see. Frozen blocks stay in eval mode (ImageNet BN statistics).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from usiqa_ros.core.data.corpus import Row
+from usiqa_ros.core.data.degrade import FAMILIES, degrade
+from usiqa_ros.core.data.synthetic import load_gray
+from usiqa_ros.core.model import USQNet, expected_score
+from usiqa_ros.core.preprocess import PreprocessConfig, preprocess_frame
+
+ROLE_CLEAN, ROLE_VIEW, ROLE_DEGRADED = 0, 1, 2
+
+
+@dataclass
+class UnitConfig:
+    input_size: int = 160
+    work_min: int = 200  # degradations act at a random "native" size (long side), then the frame is resized
+    work_max: int = 400
+    min_severity: float = 0.05
+    shift_px: tuple[int, int] = (2, 8)
+
+
+def load_frames(rows: Sequence[Row], max_side: int = 400) -> list[np.ndarray]:
+    """uint8 gray frames, long side at most `max_side` (memory: the corpus is ~2,000 frames)."""
+    out = []
+    for r in rows:
+        g = load_gray(r.path)
+        f = max_side / max(g.shape)
+        if f < 1:
+            g = cv2.resize(g, (round(g.shape[1] * f), round(g.shape[0] * f)), interpolation=cv2.INTER_AREA)
+        out.append(np.round(g * 255).astype(np.uint8))
+    return out
+
+
+def balanced_picker(rows: Sequence[Row]) -> Callable[[np.random.Generator], int]:
+    """Draw a source (pocus/hc18/echoqc...) uniformly, then a group, then a frame: few big groups can't dominate."""
+    by_source: dict[str, dict[str, list[int]]] = {}
+    for i, r in enumerate(rows):
+        by_source.setdefault(r.source, {}).setdefault(r.group, []).append(i)
+    sources = sorted(by_source)
+
+    def pick(rng: np.random.Generator) -> int:
+        groups = by_source[sources[int(rng.integers(len(sources)))]]
+        members = groups[sorted(groups)[int(rng.integers(len(groups)))]]
+        return members[int(rng.integers(len(members)))]
+
+    return pick
+
+
+def base_view(img: np.ndarray, cfg: UnitConfig, rng: np.random.Generator) -> np.ndarray:
+    """Random zoom/crop, flip, small rotation about the probe, brightness/contrast/gamma; random native size."""
+    h, w = img.shape
+    if rng.random() < 0.5:
+        ch, cw = int(h * rng.uniform(0.75, 1.0)), int(w * rng.uniform(0.75, 1.0))
+        y0, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        img = img[y0 : y0 + ch, x0 : x0 + cw]
+    if rng.random() < 0.5:
+        img = img[:, ::-1]
+    if rng.random() < 0.3:
+        hh, ww = img.shape
+        m = cv2.getRotationMatrix2D((ww / 2.0, 0.0), float(rng.uniform(-6, 6)), 1.0)
+        img = cv2.warpAffine(np.ascontiguousarray(img), m, (ww, hh), flags=cv2.INTER_LINEAR, borderValue=0.0)
+    long_side = int(rng.integers(cfg.work_min, cfg.work_max + 1))
+    f = long_side / max(img.shape)
+    img = cv2.resize(
+        np.ascontiguousarray(img),
+        (max(16, round(img.shape[1] * f)), max(16, round(img.shape[0] * f))),
+        interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR,
+    )
+    img = img.astype(np.float32)
+    img = np.clip(img * rng.uniform(0.85, 1.15), 0, 1) ** rng.uniform(0.85, 1.18)
+    return img.astype(np.float32)
+
+
+def preserving_view(img: np.ndarray, cfg: UnitConfig, rng: np.random.Generator) -> np.ndarray:
+    """A change that must not change the score: flip, +-10 % brightness or a shift of a few pixels."""
+    kind = int(rng.integers(3))
+    if kind == 0:
+        return np.ascontiguousarray(img[:, ::-1])
+    if kind == 1:
+        return np.clip(img * rng.choice([0.9, 1.1]) * rng.uniform(0.98, 1.02), 0, 1).astype(np.float32)
+    dx = int(rng.integers(cfg.shift_px[0], cfg.shift_px[1] + 1)) * int(rng.choice([-1, 1]))
+    dy = int(rng.integers(0, cfg.shift_px[1] // 2 + 1)) * int(rng.choice([-1, 1]))
+    return shift(img, dx, dy)
+
+
+def shift(img: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    """Translate by (dx, dy) pixels, vacated pixels black (what a probe moved slightly shows)."""
+    m = np.float32([[1, 0, dx], [0, 1, dy]])
+    return cv2.warpAffine(img, m, (img.shape[1], img.shape[0]), flags=cv2.INTER_NEAREST, borderValue=0.0)
+
+
+def make_unit(
+    frame: np.ndarray, cfg: UnitConfig, rng: np.random.Generator, families: Sequence[str]
+) -> list[tuple[np.ndarray, int, int, float]]:
+    """[(1 x S x S input, role, family index or -1, severity)] for A, A', D1, D2."""
+    pre = PreprocessConfig(input_size=cfg.input_size)
+    base = base_view(frame.astype(np.float32) / 255.0, cfg, rng)
+    out = [
+        (preprocess_frame(base, pre), ROLE_CLEAN, -1, 0.0),
+        (preprocess_frame(preserving_view(base, cfg, rng), pre), ROLE_VIEW, -1, 0.0),
+    ]
+    for fi in rng.choice(len(families), size=2, replace=False):
+        sev = float(rng.uniform(cfg.min_severity, 1.0))
+        img = degrade(base, families[int(fi)], sev, rng)
+        out.append((preprocess_frame(img, pre), ROLE_DEGRADED, int(fi), sev))
+    return out
+
+
+# -- frozen trunk / trainable top (EfficientNet and ResNet-family backbones) --
+
+
+def trunk_forward(model: USQNet, x: torch.Tensor, frozen_blocks: int) -> torch.Tensor:
+    """Input normalisation + the frozen part of the backbone."""
+    cfg = model.config
+    x = (x - cfg.input_mean) / cfg.input_std
+    bb = model.backbone
+    if hasattr(bb, "blocks"):  # timm EfficientNet
+        x = bb.bn1(bb.conv_stem(x))
+        for b in bb.blocks[:frozen_blocks]:
+            x = b(x)
+        return x
+    x = bb.maxpool(bb.act1(bb.bn1(bb.conv1(x))))  # ResNet family: frozen_blocks counts stages layer1..4
+    for name in ("layer1", "layer2", "layer3", "layer4")[:frozen_blocks]:
+        x = getattr(bb, name)(x)
+    return x
+
+
+def top_forward(model: USQNet, f: torch.Tensor, frozen_blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(descriptor, logits) from the trunk output: exactly what `model(x)` computes after the trunk."""
+    bb = model.backbone
+    if hasattr(bb, "blocks"):
+        for b in bb.blocks[frozen_blocks:]:
+            f = b(f)
+        f = bb.bn2(bb.conv_head(f))
+    else:
+        for name in ("layer1", "layer2", "layer3", "layer4")[frozen_blocks:]:
+            f = getattr(bb, name)(f)
+    desc = model.global_pool(f)
+    return desc, model.forward_head(desc)
+
+
+def top_parameters(model: USQNet, frozen_blocks: int) -> list[torch.nn.Parameter]:
+    frozen = set()
+    bb = model.backbone
+    if hasattr(bb, "blocks"):
+        mods = [bb.conv_stem, bb.bn1, *bb.blocks[:frozen_blocks]]
+    else:
+        mods = [bb.conv1, bb.bn1] + [getattr(bb, n) for n in ("layer1", "layer2", "layer3", "layer4")[:frozen_blocks]]
+    for m in mods:
+        frozen |= {id(p) for p in m.parameters()}
+    return [p for p in model.parameters() if id(p) not in frozen]
+
+
+def set_train_mode(model: USQNet, frozen_blocks: int) -> None:
+    model.train()
+    bb = model.backbone
+    mods = [bb.conv_stem, bb.bn1, *bb.blocks[:frozen_blocks]] if hasattr(bb, "blocks") else [bb.conv1, bb.bn1]
+    for m in mods:
+        m.eval()
+
+
+# -- cache --
+
+
+@dataclass
+class Cache:
+    feats: torch.Tensor  # N x C x h x w, float16
+    role: torch.Tensor  # N
+    family: torch.Tensor  # N (-1 for clean views)
+    severity: torch.Tensor  # N
+    unit: torch.Tensor  # N
+    families: list[str]
+
+    def save(self, path: Path) -> None:
+        from safetensors.torch import save_file
+
+        t = {k: getattr(self, k).contiguous() for k in ("feats", "role", "family", "severity", "unit")}
+        save_file(t, str(path), metadata={"families": json.dumps(self.families)})
+
+    @classmethod
+    def load(cls, path: Path) -> Cache:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            fams = json.loads((f.metadata() or {})["families"])
+            t = {k: f.get_tensor(k) for k in f.keys()}
+        return cls(families=fams, **t)
+
+    @classmethod
+    def concat(cls, parts: Sequence[Cache]) -> Cache:
+        off, units = 0, []
+        for p in parts:
+            units.append(p.unit + off)
+            off += int(p.unit.max()) + 1 if len(p.unit) else 0
+        return cls(
+            torch.cat([p.feats for p in parts]),
+            torch.cat([p.role for p in parts]),
+            torch.cat([p.family for p in parts]),
+            torch.cat([p.severity for p in parts]),
+            torch.cat(units),
+            parts[0].families,
+        )
+
+
+@torch.inference_mode()
+def build_cache(
+    model: USQNet,
+    frames: Sequence[np.ndarray],
+    pick: Callable[[np.random.Generator], int],
+    n_units: int,
+    frozen_blocks: int,
+    seed: int,
+    cfg: UnitConfig | None = None,
+    log: Callable[[str], None] = print,
+    batch_units: int = 8,
+) -> Cache:
+    """Trunk features of n_units units (4 versions each), deterministic in `seed`."""
+    cfg = cfg or UnitConfig(input_size=model.config.input_size)
+    families = list(FAMILIES)
+    model.eval()
+    feats, role, fam, sev, unit = [], [], [], [], []
+    t0 = time.monotonic()
+    for start in range(0, n_units, batch_units):
+        xs = []
+        for u in range(start, min(n_units, start + batch_units)):
+            rng = np.random.default_rng((seed, u))
+            for x, r, fi, s in make_unit(frames[pick(rng)], cfg, rng, families):
+                xs.append(torch.from_numpy(x))
+                role.append(r)
+                fam.append(fi)
+                sev.append(s)
+                unit.append(u)
+        batch = torch.stack(xs).expand(-1, 3, -1, -1)
+        feats.append(trunk_forward(model, batch, frozen_blocks).to(torch.float16))
+        if (start // batch_units) % 25 == 0:
+            log(f"cache seed {seed}: {start + batch_units}/{n_units} units, {time.monotonic() - t0:.0f} s")
+    return Cache(
+        torch.cat(feats),
+        torch.tensor(role, dtype=torch.int8),
+        torch.tensor(fam, dtype=torch.int8),
+        torch.tensor(sev, dtype=torch.float32),
+        torch.tensor(unit, dtype=torch.int32),
+        families,
+    )
+
+
+# -- training on the cache --
+
+
+@dataclass
+class TopTrainConfig:
+    steps: int = 600
+    units_per_step: int = 12
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    grade_weight: float = 1.0
+    rank_weight: float = 2.0
+    consistency_weight: float = 20.0
+    margin: float = 0.05
+    margin_per_severity: float = 0.3
+    exclude: tuple[str, ...] = ()  # families left out (leave-one-family-out)
+    seed: int = 0
+
+
+def soft_grade_targets(score: torch.Tensor, num_grades: int) -> torch.Tensor:
+    """Two-hot distribution over grades whose expectation is `score` in [0, 1]."""
+    pos = score.clamp(0, 1) * (num_grades - 1)
+    lo = pos.floor().long().clamp(max=num_grades - 2)
+    frac = pos - lo.float()
+    t = torch.zeros(len(score), num_grades)
+    t.scatter_(1, lo[:, None], (1 - frac)[:, None])
+    t.scatter_add_(1, (lo + 1)[:, None], frac[:, None])
+    return t
+
+
+def quality_losses(
+    logits: torch.Tensor, role: torch.Tensor, severity: torch.Tensor, unit: torch.Tensor, cfg: TopTrainConfig
+) -> dict[str, torch.Tensor]:
+    """Grade, ranking and consistency losses over a batch of whole units (see module docstring)."""
+    g = logits.shape[-1]
+    _, score = expected_score(logits)
+    target = torch.where(role == ROLE_DEGRADED, 1.0 - (0.1 + 0.9 * severity.clamp(0, 1)), torch.ones_like(severity))
+    grade = -(soft_grade_targets(target, g) * F.log_softmax(logits.float(), -1)).sum(-1).mean()
+    clean_of = {int(u): i for i, (u, r) in enumerate(zip(unit.tolist(), role.tolist(), strict=True)) if r == ROLE_CLEAN}
+    view_of = {int(u): i for i, (u, r) in enumerate(zip(unit.tolist(), role.tolist(), strict=True)) if r == ROLE_VIEW}
+    deg = [i for i, r in enumerate(role.tolist()) if r == ROLE_DEGRADED and int(unit[i]) in clean_of]
+    zero = score.new_zeros(())
+    rank = zero
+    if deg:
+        di = torch.tensor(deg)
+        ci = torch.tensor([clean_of[int(unit[i])] for i in deg])
+        margin = cfg.margin + cfg.margin_per_severity * severity[di]
+        rank = F.relu(margin - (score[ci] - score[di])).mean()
+    cons = zero
+    pairs = [(clean_of[u], v) for u, v in view_of.items() if u in clean_of]
+    if pairs:
+        a, b = torch.tensor(pairs).T
+        cons = ((score[a] - score[b]) ** 2).mean()
+    total = cfg.grade_weight * grade + cfg.rank_weight * rank + cfg.consistency_weight * cons
+    return {"total": total, "grade": grade, "rank": rank, "consistency": cons}
+
+
+def train_top(
+    model: USQNet,
+    cache: Cache,
+    frozen_blocks: int,
+    cfg: TopTrainConfig,
+    log: Callable[[str], None] = print,
+    log_every: int = 25,
+    state_dir: Path | None = None,
+    save_every: int = 100,
+) -> dict[str, Any]:
+    """Train the top of `model` on the cache (excluded families removed); returns a summary.
+
+    With `state_dir`, model and optimiser are saved every `save_every` steps (state.safetensors,
+    state_optim.safetensors) and a later call with the same directory resumes from there.
+    """
+    from usiqa_ros.core.checkpoint import load_checkpoint, save_checkpoint
+    from usiqa_ros.core.train.common import load_optimizer, save_optimizer
+
+    torch.manual_seed(cfg.seed)
+    keep = torch.ones(len(cache.role), dtype=torch.bool)
+    for name in cfg.exclude:
+        if name not in cache.families:
+            raise ValueError(f"unknown family {name!r}")
+        keep &= cache.family != cache.families.index(name)
+    idx_of_unit: dict[int, list[int]] = {}
+    for i in torch.nonzero(keep).flatten().tolist():
+        idx_of_unit.setdefault(int(cache.unit[i]), []).append(i)
+    units = sorted(idx_of_unit)
+    params = top_parameters(model, frozen_blocks)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    rng = np.random.default_rng(cfg.seed)
+    t0 = time.monotonic()
+    history: list[dict[str, Any]] = []
+    run = {k: 0.0 for k in ("total", "grade", "rank", "consistency")}
+    first = 0
+    if state_dir is not None and (state_dir / "state_optim.safetensors").exists():
+        model.load_state_dict(load_checkpoint(state_dir / "state.safetensors").model.state_dict())
+        saved = load_optimizer(state_dir / "state_optim.safetensors", opt)
+        first, history, run = saved["step"], saved["history"], saved["run"]
+        rng = np.random.default_rng((cfg.seed, first))
+        log(f"resumed at step {first} from {state_dir}")
+    for step in range(first, cfg.steps):
+        frac = step / max(cfg.steps, 1)
+        for gr in opt.param_groups:
+            gr["lr"] = cfg.lr * min(1.0, 20 * frac + 0.05) * 0.5 * (1 + math.cos(math.pi * frac))
+        chosen = rng.choice(len(units), size=min(cfg.units_per_step, len(units)), replace=False)
+        idx = torch.tensor([i for c in chosen for i in idx_of_unit[units[int(c)]]])
+        set_train_mode(model, frozen_blocks)
+        _, logits = top_forward(model, cache.feats[idx].float(), frozen_blocks)
+        losses = quality_losses(logits, cache.role[idx].long(), cache.severity[idx], cache.unit[idx], cfg)
+        opt.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        opt.step()
+        for k in run:
+            run[k] = 0.9 * run[k] + 0.1 * float(losses[k].detach()) if step else float(losses[k].detach())
+        if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
+            row = {"step": step + 1, "elapsed_s": round(time.monotonic() - t0, 1), **{k: round(v, 4) for k, v in run.items()}}
+            history.append(row)
+            log(json.dumps(row))
+        if state_dir is not None and ((step + 1) % save_every == 0 and step + 1 < cfg.steps):
+            state_dir.mkdir(parents=True, exist_ok=True)
+            save_checkpoint(state_dir / "state.safetensors", model, training={"resumable_step": step + 1})
+            save_optimizer(state_dir / "state_optim.safetensors", opt, {"step": step + 1, "history": history, "run": run})
+            rng = np.random.default_rng((cfg.seed, step + 1))  # the same stream after a resume
+    model.eval()
+    return {"config": asdict(cfg), "history": history, "seconds": round(time.monotonic() - t0, 1), "units": len(units)}
+
+
+@torch.inference_mode()
+def scores_from_feats(model: USQNet, feats: torch.Tensor, frozen_blocks: int, batch: int = 128) -> np.ndarray:
+    model.eval()
+    out = []
+    for i in range(0, len(feats), batch):
+        _, logits = top_forward(model, feats[i : i + batch].float(), frozen_blocks)
+        out.append(expected_score(logits)[1])
+    return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+
+
+@torch.inference_mode()
+def trunk_feats(model: USQNet, inputs: Sequence[np.ndarray], frozen_blocks: int, batch: int = 32) -> torch.Tensor:
+    """Trunk output of preprocessed 1 x S x S inputs (float16)."""
+    model.eval()
+    out = []
+    for i in range(0, len(inputs), batch):
+        x = torch.from_numpy(np.stack(inputs[i : i + batch])).expand(-1, 3, -1, -1)
+        out.append(trunk_forward(model, x, frozen_blocks).to(torch.float16))
+    return torch.cat(out)
