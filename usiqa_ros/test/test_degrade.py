@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import require
+
 from usiqa_ros.core.data.corpus import REAL_US, US_CORPUS, Row, is_permissive, load_rows, quality_split, training_rows
 from usiqa_ros.core.data.degrade import (
     ALIASES,
