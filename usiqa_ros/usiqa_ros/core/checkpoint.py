@@ -115,7 +115,7 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     if raw is None:
         raise CheckpointError(path, f"no '{METADATA_KEY}' metadata block: not a usiqa_ros checkpoint")
     try:
-        meta = json.loads(raw)
+        meta: dict[str, Any] = json.loads(raw)
     except json.JSONDecodeError as e:
         raise CheckpointError(path, f"metadata is not valid JSON ({e})") from None
     _validate_metadata(path, meta)

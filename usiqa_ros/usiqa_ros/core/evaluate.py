@@ -90,7 +90,7 @@ def eval_pairs(model: USQNet, frames: list[np.ndarray], names: list[str], seed: 
     }
 
 
-def eval_graded(model: USQNet, frames: list[np.ndarray], grades: list[int], names: list[str], seed: int) -> dict:
+def eval_graded(model: USQNet, frames: list[np.ndarray], grades: list[int], names: list[str], seed: int) -> dict[str, Any]:
     logits, score = model_outputs(model, frames)
     rep = metrics.classification_report(grades, (logits.argmax(1) + 1).tolist(), score, model.config.num_grades)
     rep["weak_view_consistency"] = weak_consistency(model, frames, score, seed)
@@ -109,7 +109,7 @@ def _plots(out: Path, result: dict[str, Any], mode: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    bins = np.linspace(0, 1, 26)
+    bins = np.linspace(0, 1, 26).tolist()
     if mode == "pairs":
         ax.hist(result["clean_scores"], bins, alpha=0.6, density=True, label="clean (held-out)")
         ax.hist(result["degraded_scores"], bins, alpha=0.6, density=True, label="heavily degraded")

@@ -7,10 +7,14 @@ Grades are integers 1..G; scores are continuous (higher = better quality).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from scipy import stats
 from sklearn import metrics as skm
+
+Values = Sequence[float] | npt.NDArray[Any]  # scores: a list or an array
 
 
 def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[int]) -> np.ndarray:
@@ -51,27 +55,27 @@ def macro_f1(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[int]
     )
 
 
-def srocc(a: Sequence[float], b: Sequence[float]) -> float:
+def srocc(a: Values, b: Values) -> float:
     """Spearman rank correlation (NaN when either side is constant)."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    if a.std() == 0 or b.std() == 0:
+    x, y = np.asarray(a, float), np.asarray(b, float)
+    if x.std() == 0 or y.std() == 0:
         return float("nan")
-    return float(stats.spearmanr(a, b).statistic)
+    return float(stats.spearmanr(x, y).statistic)
 
 
-def plcc(a: Sequence[float], b: Sequence[float]) -> float:
+def plcc(a: Values, b: Values) -> float:
     """Pearson linear correlation (NaN when either side is constant)."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    if a.std() == 0 or b.std() == 0:
+    x, y = np.asarray(a, float), np.asarray(b, float)
+    if x.std() == 0 or y.std() == 0:
         return float("nan")
-    return float(stats.pearsonr(a, b).statistic)
+    return float(stats.pearsonr(x, y).statistic)
 
 
-def mae(a: Sequence[float], b: Sequence[float]) -> float:
+def mae(a: Values, b: Values) -> float:
     return float(np.mean(np.abs(np.asarray(a, float) - np.asarray(b, float))))
 
 
-def pairwise_accuracy(better: Sequence[float], worse: Sequence[float]) -> float:
+def pairwise_accuracy(better: Values, worse: Values) -> float:
     """Share of (better, worse) pairs whose scores are ordered correctly; a tie counts half (CRL-UIQA)."""
     b, w = np.asarray(better, float), np.asarray(worse, float)
     if b.shape != w.shape or b.size == 0:
@@ -79,7 +83,7 @@ def pairwise_accuracy(better: Sequence[float], worse: Sequence[float]) -> float:
     return float(np.mean((b > w) + 0.5 * (b == w)))
 
 
-def ranking_pairs_accuracy(grades: Sequence[int], scores: Sequence[float]) -> float:
+def ranking_pairs_accuracy(grades: Sequence[int], scores: Values) -> float:
     """Pairwise accuracy over all item pairs with different true grades (ties in score count half)."""
     g, s = np.asarray(grades, float), np.asarray(scores, float)
     i, j = np.nonzero(g[:, None] > g[None, :])
@@ -88,7 +92,7 @@ def ranking_pairs_accuracy(grades: Sequence[int], scores: Sequence[float]) -> fl
     return pairwise_accuracy(s[i], s[j])
 
 
-def weak_view_consistency(scores: Sequence[float], weak_scores: Sequence[float]) -> float:
+def weak_view_consistency(scores: Values, weak_scores: Values) -> float:
     """Mean |score(view) - score(weak view)|: how much a quality-preserving flip/rotation moves the score."""
     return mae(scores, weak_scores)
 
@@ -99,13 +103,13 @@ def grade_to_score(grades: Sequence[int] | np.ndarray, num_grades: int = 5) -> n
 
 
 def classification_report(
-    y_true: Sequence[int], y_pred: Sequence[int], scores: Sequence[float] | None = None, num_grades: int = 5
-) -> dict:
+    y_true: Sequence[int], y_pred: Sequence[int], scores: Values | None = None, num_grades: int = 5
+) -> dict[str, Any]:
     """Every grade metric in one JSON-ready dict. `scores` (in [0, 1]) adds SROCC/PLCC/MAE/pairwise."""
     labels = list(range(1, num_grades + 1))
     cm = confusion_matrix(y_true, y_pred, labels)
     rates = per_class_rates(y_true, y_pred, labels)
-    out = {
+    out: dict[str, Any] = {
         "n": len(y_true),
         "accuracy": accuracy(y_true, y_pred),
         "macro_f1": macro_f1(y_true, y_pred),

@@ -73,7 +73,7 @@ def to_gray_float(frame: np.ndarray) -> np.ndarray:
         if frame.dtype == np.float64:
             frame = frame.astype(np.float32)
         frame = cv2.cvtColor(np.ascontiguousarray(frame), code)
-    gray = frame.astype(np.float32, copy=False) * np.float32(scale)
+    gray: np.ndarray = frame.astype(np.float32, copy=False) * np.float32(scale)
     return np.clip(gray, 0.0, 1.0) if scale == 1.0 else gray
 
 

@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 
 class PathError(ValueError):
@@ -102,13 +102,15 @@ def _temp_beside(path: str | os.PathLike[str]) -> Iterator[tuple[int, str, Path]
 
 
 @contextmanager
-def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kw: object) -> Iterator[IO]:
+def atomic_open(
+    path: str | os.PathLike[str], mode: str = "w", encoding: str | None = None, newline: str | None = None
+) -> Iterator[IO[Any]]:
     """Open a temp file next to `path`; on a clean exit fsync and rename it over `path`, on an exception delete
     it (the target keeps its previous content or stays absent)."""
     if mode not in ("w", "wb"):
         raise ValueError("atomic_open supports modes 'w' and 'wb'")
     with _temp_beside(path) as (fd, tmp, p):
-        with os.fdopen(fd, mode, **kw) as f:
+        with os.fdopen(fd, mode, encoding=encoding, newline=newline) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())

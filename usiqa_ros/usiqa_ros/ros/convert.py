@@ -33,7 +33,7 @@ ENCODINGS: dict[str, tuple[np.dtype, int, int | None]] = {
 SUPPORTED_ENCODINGS = tuple(ENCODINGS)
 
 
-def image_to_array(msg, max_pixels: int = 4096 * 4096) -> np.ndarray:
+def image_to_array(msg: Any, max_pixels: int = 4096 * 4096) -> np.ndarray:
     """sensor_msgs/Image -> numpy frame. Raises FrameError (reason keys: unsupported_encoding, empty,
     too_large, bad_step, bad_data_size)."""
     enc = msg.encoding
@@ -54,7 +54,7 @@ def image_to_array(msg, max_pixels: int = 4096 * 4096) -> np.ndarray:
     if n != h * step:
         raise FrameError("bad_data_size", f"data has {n} bytes, height*step = {h * step}")
     buf = np.frombuffer(msg.data, dtype=np.uint8).reshape(h, step)[:, :row_bytes]
-    arr = buf.view(dtype.newbyteorder(">") if msg.is_bigendian else dtype).reshape(h, w, channels)
+    arr: np.ndarray = buf.view(dtype.newbyteorder(">") if msg.is_bigendian else dtype).reshape(h, w, channels)
     if msg.is_bigendian and dtype.itemsize > 1:
         arr = arr.astype(dtype)
     if channels == 1:
@@ -64,7 +64,7 @@ def image_to_array(msg, max_pixels: int = 4096 * 4096) -> np.ndarray:
     return arr
 
 
-def check_header(header) -> list[tuple[str, str]]:
+def check_header(header: Any) -> list[tuple[str, str]]:
     """Refuse an impossible stamp (FrameError reason bad_stamp); return (kind, detail) notes for a usable but
     suspicious header. A zero stamp or an empty frame_id is scored (simulators and some drivers send them, and
     the header is copied to the score unchanged) but counted, because such a score cannot be matched to a pose."""
@@ -111,7 +111,7 @@ def _jpeg_size(data: bytes) -> tuple[int, int, int] | None:
     return None
 
 
-def compressed_to_array(msg, max_pixels: int = 4096 * 4096) -> np.ndarray:
+def compressed_to_array(msg: Any, max_pixels: int = 4096 * 4096) -> np.ndarray:
     """sensor_msgs/CompressedImage (PNG or JPEG) -> numpy frame. The header's dimensions are checked before
     decoding (decompression bombs are refused). Reason keys: empty, unsupported_format, too_large, corrupt."""
     data = bytes(msg.data)
@@ -121,9 +121,12 @@ def compressed_to_array(msg, max_pixels: int = 4096 * 4096) -> np.ndarray:
     if "compresseddepth" in fmt:
         raise FrameError("unsupported_format", f"format {msg.format!r} (compressedDepth) not supported")
     png, jpeg = _png_size(data), _jpeg_size(data)
-    if png is None and jpeg is None:
+    if png is not None:
+        w, h = png
+    elif jpeg is not None:
+        w, h = jpeg[0], jpeg[1]
+    else:
         raise FrameError("unsupported_format", f"data is not a PNG or JPEG image (format field {msg.format!r})")
-    w, h = png or jpeg[:2]
     if w == 0 or h == 0:
         raise FrameError("corrupt", f"header says {w}x{h}")
     if w * h > max_pixels:

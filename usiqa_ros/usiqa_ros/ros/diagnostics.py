@@ -27,7 +27,7 @@ from rclpy.callback_groups import CallbackGroup
 try:
     from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
 except ImportError:  # Humble (rclpy 3.x): the same classes live in rclpy.qos_event (renamed in Iron)
-    from rclpy.qos_event import PublisherEventCallbacks, SubscriptionEventCallbacks  # type: ignore[no-redef]
+    from rclpy.qos_event import PublisherEventCallbacks, SubscriptionEventCallbacks  # type: ignore[no-redef,unused-ignore]
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
@@ -76,10 +76,10 @@ class NodeStats:
     received: int = 0
     scored: int = 0
     skipped: int = 0
-    errors: Counter = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
     consecutive_failures: int = 0
-    latencies_s: deque = field(default_factory=lambda: deque(maxlen=512))
-    warnings: Counter = field(default_factory=Counter)  # scored, but suspicious (zero stamp, no frame_id)
+    latencies_s: deque[float] = field(default_factory=lambda: deque(maxlen=512))
+    warnings: Counter[str] = field(default_factory=Counter)  # scored, but suspicious (zero stamp, no frame_id)
 
 
 @dataclass
@@ -133,7 +133,7 @@ class IqaDiagnostics:
         self.node = node
         self._health = health
         self._lock = threading.Lock()
-        self.qos_incompatible: Counter = Counter()  # topic -> incompatible-QoS events
+        self.qos_incompatible: Counter[str] = Counter()  # topic -> incompatible-QoS events
         self.configure_error = ""  # last configure failure, reported as ERROR while unconfigured
         node.add_on_set_parameters_callback(self._on_set_parameters)
         self._prev: tuple[float, int, int, int, int] | None = None  # (time, received, scored, skipped, refused)
@@ -146,14 +146,14 @@ class IqaDiagnostics:
         )
 
     # ------------------------------------------------------------------ parameters
-    def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
+    def _on_set_parameters(self, params: list[Parameter[Any]]) -> SetParametersResult:
         """Ranges are enforced by the descriptors; this checks that warn/error pairs stay ordered."""
         new = {p.name: p.value for p in params if p.name in THRESHOLDS}
         if not new:
             return SetParametersResult(successful=True)
 
         def value(name: str) -> float:
-            return new.get(name, self.node.get_parameter(name).value)
+            return float(new.get(name, self.node.get_parameter(name).value))
 
         if value("diag_latency_warn_s") > value("diag_latency_error_s"):
             return SetParametersResult(successful=False, reason="diag_latency_warn_s must be <= diag_latency_error_s")

@@ -60,8 +60,8 @@ def grouped_split(
         group_strata[str(g)].append(strata[i] if strata is not None else 0)
     by_stratum: dict[str, list[str]] = defaultdict(list)
     for g, ss in group_strata.items():
-        values, counts = np.unique(np.array([str(s) for s in ss]), return_counts=True)
-        by_stratum[str(values[np.argmax(counts)])].append(g)
+        values, freq = np.unique(np.array([str(s) for s in ss]), return_counts=True)
+        by_stratum[str(values[np.argmax(freq)])].append(g)
     rng = np.random.default_rng(seed)
     out: dict[str, list[str]] = {name: [] for name in SPLIT_NAMES}
     for stratum in sorted(by_stratum):
