@@ -62,6 +62,15 @@ def image_msg(frame: np.ndarray, stamp_ns: int, frame_id: str = "us_probe_link",
     return msg
 
 
+def shut_down(node: Any) -> None:
+    """Lifecycle shutdown through the public API while the executor still spins (ends best-view goals, stops the
+    worker); a node already finalized is left as it is. Then stop the spinner and call destroy_node()."""
+    try:
+        node.trigger_shutdown()
+    except RuntimeError:  # rclpy's RCLError: no shutdown transition from the current state (already finalized)
+        pass
+
+
 @contextmanager
 def running_iqa_node(name: str = "iqa_test", **params: Any) -> Iterator[Any]:
     """An IqaNode configured and activated with `params` (parameter overrides), spinning in the background."""
@@ -77,6 +86,6 @@ def running_iqa_node(name: str = "iqa_test", **params: Any) -> Iterator[Any]:
         assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS, "activate failed"
         yield node
     finally:
-        node._stop()
+        shut_down(node)
         spinner.stop()
         node.destroy_node()

@@ -22,7 +22,7 @@ from rclpy.duration import Duration
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from ros_helpers import Spinner, image_msg, wait_for
+from ros_helpers import Spinner, image_msg, shut_down, wait_for
 from sensor_msgs.msg import CompressedImage, Image
 from usiqa_msgs.action import BestViewSearch
 from usiqa_msgs.msg import QualityScore
@@ -52,7 +52,7 @@ def bv_node(ns: str, **params):
         assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
         yield node
     finally:
-        node._stop()
+        shut_down(node)
         spinner.stop()
         node.destroy_node()
 
@@ -129,7 +129,7 @@ def peer_for(node, ns: str):
     try:
         wait_for(lambda: peer.image_pub.get_subscription_count() > 0, 15)
         wait_for(lambda: peer.count_publishers(f"{ns}/quality") > 0, 15)
-        assert peer.client._client.wait_for_server(timeout_sec=15)
+        assert peer.client.wait_for_server(15)
         yield peer
     finally:
         peer.client.close()

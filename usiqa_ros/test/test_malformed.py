@@ -292,4 +292,7 @@ def test_after_all_cases_counts_logs_and_threads_are_clean(rig):
     assert not [m.msg for m in peer.logs if m.level >= Log.ERROR]
     assert not [m.msg for m in peer.logs if "Traceback" in m.msg]
     assert not thread_errors, thread_errors
-    assert spin.thread.is_alive() and node._worker is not None and node._worker.is_alive()
+    # the worker survived every case: one more good frame is still scored
+    _publish(peer, image_msg(GOOD, 9000 * 10**9, frame_id="final"))
+    wait_for(lambda: _score_for(peer, "final", 9000), 15)
+    assert spin.thread.is_alive()

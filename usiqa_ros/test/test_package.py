@@ -33,7 +33,8 @@ def _node_parameters(ros) -> dict:
 
     node = IqaNode("iqa_param_check", parameter_overrides=[])
     try:
-        return {name: node.get_parameter(name).value for name in node._parameters}
+        names = node.list_parameters([], 0).names  # depth 0: all, as `ros2 param list`
+        return {name: node.get_parameter(name).value for name in names}
     finally:
         node.destroy_node()
 
@@ -59,7 +60,7 @@ def test_launch_file_compiles_and_arguments_match_node(ros):
             if node.args and isinstance(node.args[0], ast.Constant):
                 names.add(node.args[0].value)
         if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "OVERRIDES" for t in node.targets):
-            overrides = {k.value: v.elts[0].value for k, v in zip(node.value.keys, node.value.values)}
+            overrides = {k.value: v.elts[0].value for k, v in zip(node.value.keys, node.value.values, strict=True)}
     declared = _node_parameters(ros)
     assert set(overrides.values()) <= set(declared), f"overrides of unknown parameters: {overrides}"
     assert {"image_topic", "model_path", "device", "best_view"} == set(overrides)

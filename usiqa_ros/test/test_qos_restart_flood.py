@@ -122,8 +122,7 @@ def test_short_flood_of_full_hd_frames(ros):
             assert flood_scores, "nothing scored during the flood"
             assert flood_scores == sorted(flood_scores)  # never works through a backlog out of order
             assert stats.skipped > 0 and stats.scored < stats.received <= n + 50
-            assert not stats.errors and stats.consecutive_failures == 0
-            assert node._worker.is_alive()
+            assert not stats.errors and stats.consecutive_failures == 0  # and "after" was scored: the worker lives
             assert max(flood_scores) > last // 2  # it kept scoring through the flood, not only at its start
         finally:
             spin.stop()
