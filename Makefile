@@ -24,8 +24,7 @@ demo: setup
 demo-best-view: underlay  # probe_sim sweeps, iqa_node scores and searches; result vs truth; return to best_pose
 	$(WITH_ROS) $(PY) -m usiqa_ros.nodes.best_view_demo
 
-test: underlay
-	$(PY) -m ruff check .
+test: underlay lint
 	$(WITH_ROS) cd usiqa_ros && $(PY) -m pytest  # from the package folder: pytest.ini and test/ live there
 
 # The same tests on ROS 2 Jazzy (its PyPI wheels for Python 3.11, numpy 1.26, OpenCV 4.6 as in Ubuntu 24.04's apt)
@@ -34,6 +33,12 @@ test: underlay
 test-jazzy:
 	@bash scripts/setup_env.sh jazzy
 	cd usiqa_ros && USIQA_STRICT=0 $(CURDIR)/.venv-jazzy/bin/python -m pytest
+
+# ruff (lint + format check, ruff.toml) and mypy (mypy.ini: strict on core/ and ros/); .pre-commit-config.yaml runs the same.
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 
 bench: setup
 	$(PY) -m benchmarks.run
