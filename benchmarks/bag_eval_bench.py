@@ -129,8 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     res["machine"] = {"cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__}
     res["date_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2) + "\n")
+    write_json(out, res, indent=2)
     print(
         f"bag eval {res['bag_eval_fps']} frames/s vs bare engine {res['bare_engine_fps']} frames/s "
         f"(batch {a.batch}, {a.format}): ratio {res['bag_eval_ratio']} (target >= {TARGET}); inference "

@@ -285,10 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         load0 = load_average()
         out["teach"] = {"command": command, "load_average_start": load0} | bench_teach(args.seeds, Path(args.work))
         out["teach"]["load_average_end"] = load_average()
-    text = json.dumps(out, indent=2)
-    print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text + "\n")
+    print(write_json(args.out, out, indent=2))
     return 0
 
 

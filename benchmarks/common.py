@@ -6,6 +6,7 @@ with other jobs: a load spike then hits every variant alike instead of biasing o
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import tempfile
@@ -16,6 +17,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+
+from usiqa_ros.core.safe_io import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -142,6 +145,13 @@ def calibrated_checkpoint(preset_or_path: str, frames: list[np.ndarray], out_dir
     out = Path(out_dir) / name
     save_checkpoint(out, model, training={"note": "benchmark probe: BN re-estimated on real frames, untrained"})
     return out
+
+
+def write_json(path: str | Path, data: object, indent: int = 1) -> str:
+    """Write `data` as JSON atomically (core/safe_io: a crash never leaves half a result file); returns the text."""
+    text = json.dumps(data, indent=indent)
+    atomic_write_text(path, text + "\n")
+    return text
 
 
 def temp_dir() -> Path:

@@ -91,8 +91,7 @@ def main() -> None:
         "min": float(clip_scores.min()),
         "max": float(clip_scores.max()),
     }
-    OUT.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result, indent=1))
+    print(write_json(OUT, result))
 
 
 if __name__ == "__main__":

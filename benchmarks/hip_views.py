@@ -99,10 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         "target_met": bool(max(np.mean(aucs["view_score"]), np.mean(aucs["score"])) >= 0.85),
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    text = json.dumps(out, indent=2)
-    print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text + "\n")
+    print(write_json(args.out, out, indent=2))
     return 0
 
 

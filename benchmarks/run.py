@@ -29,9 +29,9 @@ from benchmarks.common import (
     real_frames,
     stream_frames,
     temp_dir,
+    write_json,
 )
 from usiqa_ros.core.checkpoint import DEFAULT_CHECKPOINT
-from usiqa_ros.core.safe_io import atomic_write_text
 
 TARGETS = {
     "lite_speedup_batch1": 2.5,
@@ -227,10 +227,6 @@ def markdown(res: dict) -> str:
         met = {True: "yes", False: "**no**", None: "not measured"}[t["met"]]
         rows.append(f"| {k} | {fmt(t['value'], 3)} | {t['target']} | {met} |")
     return "\n".join(rows)
-
-
-def write_json(path: Path, res: dict) -> None:
-    atomic_write_text(path, json.dumps(res, indent=1) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,14 +1,19 @@
-"""Shared harness of the flood and soak benchmarks: iqa_node in its own process, a real rclpy publisher here.
+"""Shared harness of the flood and soak benchmarks: iqa_node in its own process, frames published into it.
 
 The node runs as `python -m usiqa_ros.ros.iqa_node` (its real main(): autostart, MultiThreadedExecutor), so its
-resident memory (RSS, via psutil) is measured alone. This process publishes frames at a fixed rate and records
-every QualityScore: node-reported latency (receipt -> publish), end-to-end latency (stamp -> reception here,
-same host clock), and recency (how many frames behind the newest published one the scored frame was).
+resident memory (RSS, via psutil) is measured alone. Frames are published either from this process
+(`publishers=0`, a paced rclpy loop: enough for 30 fps) or from `publishers` separate processes that publish
+pre-built messages (only the stamp and frame_id change per frame), so a flood is not limited by this process's
+Python (issue 12: the in-process loop reached only 64-97 fps). This process records every QualityScore:
+node-reported latency (receipt -> publish), end-to-end latency (stamp -> reception here, same host clock),
+recency (how many frames behind the newest published one the scored frame was) and the frames the node
+received (scored + frames_skipped of each score).
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import os
 import random
 import subprocess
@@ -50,6 +55,65 @@ def _pct(v: list[float], q: float) -> float | None:
     return round(float(np.percentile(v, q)), 2) if v else None
 
 
+def _qos(reliability: str):  # noqa: ANN202 - rclpy imported lazily
+    from rclpy.qos import qos_profile_sensor_data
+
+    return qos_profile_sensor_data if reliability == "best_effort" else 10
+
+
+def _publisher_process(
+    index: int,
+    count: int,
+    topic: str,
+    frames: list[np.ndarray],
+    encoding: str,
+    fps: float,
+    duration_s: float,
+    reliability: str,
+    ready,  # noqa: ANN001 - multiprocessing primitives
+    start_at,  # noqa: ANN001
+    newest,  # noqa: ANN001
+    published,  # noqa: ANN001
+) -> None:
+    """One of `count` flood publishers: slots index, index + count, ... of a `fps` schedule from `start_at`."""
+    import rclpy
+    from rclpy.node import Node
+    from sensor_msgs.msg import Image
+
+    from usiqa_ros.ros.convert import array_to_image
+
+    rclpy.init()
+    node = Node(f"flood_publisher_{index}")
+    pub = node.create_publisher(Image, topic, _qos(reliability))
+    msgs = [array_to_image(f, Image, encoding) for f in frames]  # built once: per frame only stamp and frame_id
+    t0 = time.monotonic()
+    while pub.get_subscription_count() == 0 and time.monotonic() - t0 < 120:
+        time.sleep(0.05)
+    ready.set()
+    while start_at.value == 0.0:
+        time.sleep(0.001)
+    start, k = start_at.value, 0
+    try:
+        while True:
+            target = start + (index + k * count) / fps  # wall-clock schedule (time.time, shared by all processes)
+            if target - start >= duration_s or time.time() - start >= duration_s:  # behind schedule: no overrun
+                break
+            delay = target - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            seq = index + k * count
+            m = msgs[seq % len(msgs)]
+            m.header.stamp.sec, m.header.stamp.nanosec = divmod(time.time_ns(), 10**9)
+            m.header.frame_id = str(seq)
+            pub.publish(m)
+            newest[index] = seq
+            k += 1
+            published[index] = k
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
 def run_stream(
     name: str,
     frames: list,
@@ -60,15 +124,17 @@ def run_stream(
     node_params: dict[str, str] | None = None,
     reliability: str = "best_effort",
     warmup_s: float = 10.0,
+    publishers: int = 0,
 ) -> dict:
-    """Publish `frames` (cycled) at `fps` for `duration_s` into a fresh iqa_node process; return the record."""
+    """Publish `frames` (cycled) at `fps` for `duration_s` into a fresh iqa_node process; return the record.
+
+    publishers = 0: from this process (paced loop); N > 0: from N processes with pre-built messages."""
     os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(100, 200)))
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     import psutil
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
     from rclpy.node import Node
-    from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import Image
     from usiqa_msgs.msg import QualityScore
 
@@ -85,53 +151,85 @@ def run_stream(
     ps = psutil.Process(proc.pid)
     rclpy.init()
     node = Node(f"{name}_bench")
-    pub = node.create_publisher(Image, topic, qos_profile_sensor_data if reliability == "best_effort" else 10)
     lock = threading.Lock()
-    seq = [0]
+    ctx = mp.get_context("spawn")
+    n_pub = max(1, publishers)
+    newest = ctx.Array("q", [-1] * n_pub, lock=False)  # newest frame id published, per publisher
+    published = ctx.Array("q", [0] * n_pub, lock=False)
+    seq = [0]  # in-process mode
     cur = Sample(0.0, 0.0, 0, 0)
+    node_received = [0]  # frames the node received while we listened: scored + frames_skipped of each score
+
+    def newest_id() -> int:
+        return max(newest) if publishers else seq[0]
 
     def on_score(m: QualityScore) -> None:
         now_ns = time.time_ns()
         with lock:
             cur.scored += 1
+            node_received[0] += 1 + m.frames_skipped
             cur.latency_ms.append(m.latency.sec * 1e3 + m.latency.nanosec / 1e6)
             cur.e2e_ms.append((now_ns - (m.header.stamp.sec * 10**9 + m.header.stamp.nanosec)) / 1e6)
-            cur.lag_frames.append(seq[0] - int(m.header.frame_id))
+            cur.lag_frames.append(newest_id() - int(m.header.frame_id))
 
     node.create_subscription(QualityScore, f"/{name}/quality", on_score, 100)
     ex = MultiThreadedExecutor(num_threads=2)
     ex.add_node(node)
     spin = threading.Thread(target=ex.spin, daemon=True)
     spin.start()
-    msgs = [array_to_image(f, Image, encoding) for f in frames]
     samples: list[Sample] = []
+    workers: list = []
+    pub = None
+    i = 0
+    load_start = round(os.getloadavg()[0], 2)
     try:
         t0 = time.monotonic()
-        while pub.get_subscription_count() == 0 or node.count_publishers(f"/{name}/quality") == 0:
-            if proc.poll() is not None or time.monotonic() - t0 > 120:
+        while node.count_subscribers(topic) == 0 or node.count_publishers(f"/{name}/quality") == 0:
+            if proc.poll() is not None or time.monotonic() - t0 > 300:
                 raise RuntimeError(f"iqa_node did not come up (exit {proc.poll()}); see {log_path}")
             time.sleep(0.1)
+        if publishers:
+            start_at = ctx.Value("d", 0.0, lock=False)
+            ready = [ctx.Event() for _ in range(publishers)]
+            for k in range(publishers):
+                args = (k, publishers, topic, frames, encoding, fps, duration_s, reliability, ready[k], start_at)
+                workers.append(ctx.Process(target=_publisher_process, args=(*args, newest, published), daemon=True))
+                workers[-1].start()
+            for ev in ready:
+                if not ev.wait(300):
+                    raise RuntimeError("a publisher process did not start")
+        else:
+            pub = node.create_publisher(Image, topic, _qos(reliability))
+            msgs = [array_to_image(f, Image, encoding) for f in frames]
         time.sleep(1.0)
         rss0 = ps.memory_info().rss / 2**20
+        with lock:
+            node_received[0] = 0
         start = time.monotonic()
+        if publishers:
+            start_at.value = time.time() + 0.2
+            start += 0.2
         next_sample = start + sample_every_s
         cpu_prev = sum(ps.cpu_times()[:2])
         period = 1.0 / fps
-        i = 0
         while True:
             now = time.monotonic()
             if now - start >= duration_s:
                 break
-            target = start + i * period
-            if now < target:
-                time.sleep(target - now)
-            m = msgs[i % len(msgs)]
-            m.header.stamp.sec, m.header.stamp.nanosec = divmod(time.time_ns(), 10**9)
-            m.header.frame_id = str(i)
-            with lock:
-                seq[0] = i
-            pub.publish(m)
-            i += 1
+            if publishers:
+                time.sleep(max(0.0, min(next_sample, start + duration_s) - now))
+                i = sum(published)
+            else:
+                target = start + i * period
+                if now < target:
+                    time.sleep(target - now)
+                m = msgs[i % len(msgs)]
+                m.header.stamp.sec, m.header.stamp.nanosec = divmod(time.time_ns(), 10**9)
+                m.header.frame_id = str(i)
+                with lock:
+                    seq[0] = i
+                pub.publish(m)
+                i += 1
             if time.monotonic() >= next_sample:
                 with lock:
                     s = Sample(
@@ -151,10 +249,17 @@ def run_stream(
                 samples.append(s)
                 next_sample += sample_every_s
         elapsed = time.monotonic() - start
+        for w in workers:
+            w.join(30)
+        if publishers:
+            i = sum(published)
         time.sleep(1.0)
         alive = proc.poll() is None
         rss_end = ps.memory_info().rss / 2**20 if alive else float("nan")
     finally:
+        for w in workers:
+            if w.is_alive():
+                w.terminate()
         proc.terminate()
         try:
             proc.wait(timeout=20)
@@ -173,6 +278,9 @@ def run_stream(
         "published": i,
         "published_fps": round(i / elapsed, 1),
         "target_fps": fps,
+        "publisher_processes": publishers,
+        "node_received": node_received[0],
+        "node_received_fps": round(node_received[0] / elapsed, 1),
         "duration_s": round(elapsed, 1),
         "scored": scored,
         "scored_per_s": round(scored / elapsed, 2),
@@ -190,6 +298,11 @@ def run_stream(
         "latency_ms": {"p50": _pct(lat, 50), "p95": _pct(lat, 95), "max": _pct(lat, 100)},
         "e2e_latency_ms": {"p50": _pct(e2e, 50), "p95": _pct(e2e, 95), "max": _pct(e2e, 100)},
         "lag_frames": {"p50": _pct(lag, 50), "p95": _pct(lag, 95), "max": _pct(lag, 100)},
+        "lag_slope_frames_per_min_after_warmup": _slope(
+            [(s.t, float(np.median(s.lag_frames))) for s in samples if s.t >= warmup_s and s.lag_frames]
+        ),
+        "load1_start": load_start,
+        "load1_end": round(os.getloadavg()[0], 2),
         "samples": [
             {
                 "t": s.t,
@@ -199,6 +312,7 @@ def run_stream(
                 "latency_p50_ms": _pct(s.latency_ms, 50),
                 "latency_p95_ms": _pct(s.latency_ms, 95),
                 "e2e_p95_ms": _pct(s.e2e_ms, 95),
+                "lag_p50_frames": _pct(s.lag_frames, 50),
                 "load1": s.load1,
                 "node_cpu_ms_per_scored": s.node_cpu_ms_per_scored,
             }
