@@ -18,7 +18,6 @@ Writes benchmarks/results/bag_eval.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.common import write_json
 from usiqa_ros.core.engine import Engine, EngineConfig
 from usiqa_ros.tools import bag_eval, make_bag
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import stats_ms
+from benchmarks.common import stats_ms, write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

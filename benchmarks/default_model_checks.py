@@ -13,12 +13,12 @@
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from benchmarks.common import write_json
 from usiqa_ros.core.data.degrade import DEGRADATIONS, degrade
 from usiqa_ros.core.data.splits import load_split
 from usiqa_ros.core.data.synthetic import heavy_severity, load_gray

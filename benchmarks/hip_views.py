@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import sys
 import time
@@ -24,6 +23,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 from sklearn.metrics import roc_auc_score
+
+from benchmarks.common import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REAL_US = Path(os.environ.get("USIQA_REAL_US", Path(__file__).resolve().parents[2] / "shared" / "data" / "real_us"))
