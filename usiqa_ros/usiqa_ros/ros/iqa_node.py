@@ -14,7 +14,6 @@ node configures and activates itself. destroy_node() stops the worker too.
 
 from __future__ import annotations
 
-import signal
 import sys
 import threading
 import time
@@ -45,6 +44,7 @@ from usiqa_ros.core.references import ReferenceError, ReferenceFrame, ReferenceS
 from usiqa_ros.ros.best_view import BestViewConfig, BestViewServer, ScoreListener
 from usiqa_ros.ros.convert import check_header, compressed_to_array, image_to_array
 from usiqa_ros.ros.diagnostics import Health, IqaDiagnostics, NodeStats, parameter_descriptors
+from usiqa_ros.ros.spin import ignore_sigint
 
 
 @dataclass
@@ -661,12 +661,8 @@ def main(args: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        # A second SIGINT while shutting down (`ros2 launch` forwards one when the whole process group already got
-        # one: `kill -INT -PGID`, supervisors, a terminal) must not cut the worker join and the rclpy shutdown
-        # short (launch would report "process has died ... exit code -2"): ignore it from here on.
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-        node._stop()
+        ignore_sigint()
+        node._stop()  # ends best-view goals while executor threads may still run them; destroy_node repeats it
         executor.shutdown()
         node.destroy_node()
         if rclpy.ok():
