@@ -211,3 +211,18 @@ def test_bag_source_is_embedded_through_the_engine(tmp_path, engines):
     assert rs.frames[0].frame_id == "probe" and rs.frames[0].source.startswith("refs_bag:/us/image#")
     v = rs.view_scores(np.stack([s.embedding for s in eng.score(frames)]))
     assert np.all(v > 0.9)
+
+
+@pytest.mark.parametrize("spread", [0.05, 1.0])
+def test_bounded_top_k_search_is_exact(spread):
+    """Above SEARCH_BASIS references the top-k search reads only candidates; it must equal brute force, for
+    structured sets (low residual) and unstructured ones (bounds loose), for near and far queries."""
+    rng = np.random.default_rng(7)
+    centres = rng.normal(size=(40, 300))
+    n = R.SEARCH_BASIS * 3
+    emb = centres[rng.integers(0, 40, n)] + spread * rng.normal(size=(n, 300))
+    rs = ReferenceSet("m", emb, [ReferenceFrame(group=i // 4) for i in range(n)], top_k=5)
+    assert rs._basis is not None
+    q = np.concatenate([centres[:5] + 0.1 * rng.normal(size=(5, 300)), 3 * rng.normal(size=(5, 300))])
+    d = np.sqrt(((q[:, None] - rs.embeddings[None]) ** 2).sum(-1))
+    np.testing.assert_allclose(rs.distances(q), np.sort(d, 1)[:, :5].mean(1), rtol=1e-4)
