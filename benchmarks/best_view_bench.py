@@ -26,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -199,16 +200,28 @@ def _demo(args: list[str], out: Path) -> dict:
     return json.loads(out.read_text()) | {"wall_s": round(time.monotonic() - t0, 1)}
 
 
-def bench_teach(seeds: list[int], work: Path, crl_epochs: int = 3, crl_steps: int = 8) -> dict:
-    """The taught closed loop over seeds: {no references, references} x {bundled model, CRL-adapted}."""
+def bench_teach(
+    seeds: list[int],
+    work: Path,
+    crl_epochs: int = 2,
+    crl_steps: int = 6,
+    progress: Callable[[dict], None] | None = None,
+) -> dict:
+    """The taught closed loop over seeds: {no references, references} x {bundled model, CRL-adapted}.
+    `progress` gets the partial runs after each seed (written to the work folder by main)."""
     runs: dict[str, list[dict]] = {"bundled": [], "bundled+refs": [], "crl": [], "crl+refs": []}
     crl_info = []
-    for seed in seeds:
+    for seed in seeds:  # without adaptation first: on a loaded machine CRL training is the slow part
         d = work / f"seed{seed}"
         d.mkdir(parents=True, exist_ok=True)
         base = ["--seed", str(seed)]
         runs["bundled"].append(_demo([*base, "--teach-poses", "0"], d / "bundled.json"))
         runs["bundled+refs"].append(_demo(base, d / "bundled_refs.json"))
+        if progress is not None:
+            progress({"runs": runs})
+    for seed in seeds:
+        d = work / f"seed{seed}"
+        base = ["--seed", str(seed)]
         bag, refs = d / "sweep_rec", d / "refs"
         if not bag.exists():
             _sweep_bag(bag, seed + 500)
@@ -216,7 +229,7 @@ def bench_teach(seeds: list[int], work: Path, crl_epochs: int = 3, crl_steps: in
         t0 = time.monotonic()
         cmd = [sys.executable, "-m", "usiqa_ros.core.train.cli", "crl", "--bag", str(bag), "--references", str(refs)]
         cmd += ["--out", str(d / "crl"), "--set", f"epochs={crl_epochs}", "--set", f"max_steps_per_epoch={crl_steps}"]
-        cmd += ["--set", "batch_size=16", "--set", "progress=false", "--set", "device=cpu", "--set", f"seed={seed}"]
+        cmd += ["--set", "batch_size=12", "--set", "progress=false", "--set", "device=cpu", "--set", f"seed={seed}"]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
         ckpt = d / "crl" / "last.safetensors"
         info = {"seed": seed, "train_s": round(time.monotonic() - t0, 1), "exit": proc.returncode}
@@ -227,6 +240,8 @@ def bench_teach(seeds: list[int], work: Path, crl_epochs: int = 3, crl_steps: in
         crl_info.append(info | {"n_train": m["n_train"], "n_references": m["n_references"], "last": m["history"][-1]})
         runs["crl"].append(_demo([*base, "--teach-poses", "0", "--model", str(ckpt)], d / "crl.json"))
         runs["crl+refs"].append(_demo([*base, "--model", str(ckpt)], d / "crl_refs.json"))
+        if progress is not None:
+            progress({"runs": runs, "crl_training": crl_info})
 
     def summary(rs: list[dict]) -> dict:
         ok = [r for r in rs if "spearman" in r]
@@ -283,7 +298,15 @@ def main(argv: list[str] | None = None) -> int:
         }
     if args.only in ("all", "teach"):
         load0 = load_average()
-        out["teach"] = {"command": command, "load_average_start": load0} | bench_teach(args.seeds, Path(args.work))
+        work = Path(args.work)
+        work.mkdir(parents=True, exist_ok=True)
+
+        def progress(partial: dict) -> None:
+            (work / "partial.json").write_text(json.dumps(partial, indent=1) + "\n")
+
+        out["teach"] = {"command": command, "load_average_start": load0} | bench_teach(
+            args.seeds, work, progress=progress
+        )
         out["teach"]["load_average_end"] = load_average()
     print(write_json(args.out, out, indent=2))
     return 0

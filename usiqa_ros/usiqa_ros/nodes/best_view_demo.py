@@ -136,13 +136,12 @@ def main(argv: list[str] | None = None) -> int:
         if teaching:
             taught = _teach(rec, args.teach_poses, args.teach_frames, args.seed)
             stop_process(procs.pop())  # the demonstration ends; the robot's sweep starts
+            sweep_from = rec.get_clock().now().nanoseconds
             procs.append(subprocess.Popen(sim_cmd, env=os.environ.copy()))
-            with rec.lock:
-                n0 = len(rec.truth)
             t1 = time.monotonic()
-            while True:  # the sweep simulator's first frames are scored
+            while True:  # a frame of the sweep simulator (stamped after its start) is scored
                 with rec.lock:
-                    ok = len(rec.truth) > n0 + 3 and max(rec.truth) in rec.scores
+                    ok = any(s > sweep_from and s in rec.truth for s in rec.scores)
                 if ok:
                     break
                 if procs[-1].poll() is not None or time.monotonic() - t1 > args.startup_timeout:
