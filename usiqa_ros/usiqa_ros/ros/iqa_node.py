@@ -85,7 +85,6 @@ class IqaNode(LifecycleNode):
 
     def __init__(self, node_name: str = "iqa_node", **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
-        self._declare_parameters()
         self.engine: Engine | None = None
         self.stats = NodeStats()
         self._lock = threading.Lock()
@@ -102,6 +101,8 @@ class IqaNode(LifecycleNode):
         self.aux_group = ReentrantCallbackGroup()  # actions, timers, services added by other modules
         self._best_view: BestViewServer | None = None
         self._best_view_config = BestViewConfig(enabled=False)
+        # After the attributes: a bad parameter raises here, and destroy_node (rclpy calls it at shutdown) still works.
+        self._declare_parameters()
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.diagnostics = IqaDiagnostics(self, self.health, self.aux_group)  # /diagnostics at 1 Hz
         # Reference views (teach the target): replaced whole (copy on write), so the worker reads one set per frame.
