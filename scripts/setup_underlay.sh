@@ -11,7 +11,6 @@ SRC=${USIQA_ROS_UNDERLAY:-$ROOT/../shared/ros-underlay}
 UL=$VENV/underlay
 STAMPS=$VENV/.usiqa-stamps
 log() { printf '[underlay] %s\n' "$*"; }
-hash_of() { cat "$@" | sha256sum | cut -c1-16; }
 pip_q() { "$VENV/bin/python" -m pip install -q "$@" 2>&1 | { grep -v "is ignored: it is neither" || true; }; }
 
 TARS=("$SRC/ros2-launch-cli-src.tar.gz" "$SRC/geometry2-tf2-src.tar.gz")
@@ -23,8 +22,13 @@ for t in "${TARS[@]}"; do
 done
 [ -x "$VENV/bin/python" ] || { log "no venv at $VENV: run scripts/setup_env.sh first"; exit 1; }
 
-# Inputs: both tarballs, the pins, this script and the venv's own package state (a re-installed venv rebuilds).
-h=$(hash_of "${TARS[@]}" "$ROOT/requirements/underlay.txt" "$0" $(ls "$STAMPS/pip" 2>/dev/null))
+# One build at a time (several shells may run `make test` at once on one venv).
+exec 9>"$VENV/.usiqa-underlay.lock"
+flock 9
+# Inputs: both tarballs, the pins, this script and the ROS wheels installed in the venv (the underlay is built
+# against them; other requirement changes do not rebuild it).
+ros_wheels() { "$VENV/bin/python" -m pip freeze 2>/dev/null | grep -iE '^ros-(rclpy|rcl|rmw|rcutils|rosidl-runtime-c)==' || true; }
+h=$( { cat "${TARS[@]}" "$ROOT/requirements/underlay.txt" "$0"; ros_wheels; } | sha256sum | cut -c1-16)
 if [ -f "$STAMPS/underlay" ] && [ "$(cat "$STAMPS/underlay")" = "$h" ] && [ -f "$UL/install/setup.bash" ]; then
   exit 0
 fi
@@ -45,7 +49,7 @@ if ! (cd "$UL" && "$VENV/bin/colcon" build --base-paths "$UL/ext" --build-base "
         --install-base "$UL/install" --parallel-workers 2 --event-handlers console_cohesion- summary+ \
         --packages-up-to ros2launch ros2run ros2pkg ros2node ros2topic ros2service ros2lifecycle ros2param \
           ros2action ros2interface tf2_ros_py \
-        --packages-skip launch_testing launch_testing_ros \
+        --packages-ignore launch_testing launch_testing_ros \
         --cmake-args -DBUILD_TESTING=OFF -DPython3_EXECUTABLE="$VENV/bin/python" > "$UL/build.log" 2>&1); then
   log "colcon build failed; last lines of $UL/build.log:"
   tail -n 40 "$UL/build.log"
