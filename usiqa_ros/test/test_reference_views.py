@@ -19,6 +19,7 @@ from test_best_view import peer_for, stamp_ns
 from usiqa_msgs.srv import CaptureReferences
 
 from usiqa_ros.core.references import REFERENCE_FILE, ReferenceFrame, ReferenceSet
+from usiqa_ros.ros.teach import TeachError, teach
 
 TAUGHT_CLIP = "pocus_healthy_neuruppin_pat1_132943"
 
@@ -150,8 +151,10 @@ def test_best_view_returns_the_taught_view_when_it_reappears(ros, real_us):
         assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
         with peer_for(node, ns) as peer:
             peer.feed([frames[i] for i in (0, 2, 4, 6)])
-            r = call(peer, CaptureReferences, f"{ns}/iqa/capture_reference", CaptureReferences.Request(count=4))
-            assert r.success and r.set_size == 4
+            r = teach(peer, count=4, server=f"{ns}/iqa")  # the planner's one line (usiqa_ros.ros.teach)
+            assert r.added == 4 and r.set_size == 4
+            with pytest.raises(TeachError, match="no new scored frame"):
+                teach(peer, count=4, server=f"{ns}/iqa")
             sweep = [frames[i] for i in range(16, 28)] + [frames[1], frames[3], frames[5]]
             sweep += [frames[i] for i in range(28, 48, 2)]
             search = peer.client.start(target_score=0.0, timeout=120.0)
