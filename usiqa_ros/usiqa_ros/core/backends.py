@@ -21,6 +21,7 @@ import logging
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,8 +68,9 @@ class ScoreAndEmbed(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.model.forward_features(x)
-        return self.model.forward_head(features), features
+        model: Any = self.model  # a USQNet (forward_features / forward_head)
+        features = model.forward_features(x)
+        return model.forward_head(features), features
 
 
 class Backend:

@@ -208,6 +208,10 @@ class Engine:
             for i in range(len(frames))
         ]
 
+    def embed(self, frames: list[np.ndarray]) -> np.ndarray:
+        """Raw frames -> embeddings N x D of their scoring pass (what reference views are made of)."""
+        return np.stack([s.embedding for s in self.score(frames) if s.embedding is not None])
+
     def score(self, frames: list[np.ndarray]) -> list[FrameScore]:
         """Raw frames -> scores. Raises FrameError if any frame cannot be preprocessed."""
         return self.score_preprocessed([self.preprocess(f) for f in frames])

@@ -160,7 +160,8 @@ class ReferenceSet:
             if self._basis is not None:
                 return np.array([self._topk_bounded(row, k) for row in e])
             d = _pairwise(e, self.embeddings, self._sq)
-        return np.partition(d, k - 1, axis=1)[:, :k].mean(1) if k < len(self) else d.mean(1)
+        out: np.ndarray = np.partition(d, k - 1, axis=1)[:, :k].mean(1) if k < len(self) else d.mean(1)
+        return out
 
     def view_scores(self, embeddings: np.ndarray) -> np.ndarray:
         """View score in [0, 1] per row: ~1 as close as the references are to each other, ~0 unlike any."""
@@ -228,19 +229,21 @@ def _single_thread_blas() -> contextlib.AbstractContextManager[Any]:
     waiting for busy cores (the model uses them) took 45 ms instead of 1.4 ms for 500 x 8256 on 2 loaded cores."""
     global _BLAS
     try:
-        from threadpoolctl import ThreadpoolController  # a scikit-learn dependency
+        from threadpoolctl import ThreadpoolController  # type: ignore[import-untyped]  # a scikit-learn dependency
     except ImportError:
         return contextlib.nullcontext()
     if _BLAS is None:
         _BLAS = ThreadpoolController()  # created once: building one costs ~10 ms
-    return _BLAS.limit(limits=1, user_api="blas")
+    limit: contextlib.AbstractContextManager[Any] = _BLAS.limit(limits=1, user_api="blas")
+    return limit
 
 
 def _pairwise(a: np.ndarray, b: np.ndarray, b_sq: np.ndarray) -> np.ndarray:
     """Euclidean distances A x B via |a|^2 + |b|^2 - 2 a.b (one matrix product: cheap for 500 references)."""
     a_sq = (a.astype(np.float64) ** 2).sum(1)
     d2 = a_sq[:, None] + b_sq[None, :] - 2.0 * (a @ b.T).astype(np.float64)
-    return np.sqrt(np.maximum(d2, 0.0))
+    out: np.ndarray = np.sqrt(np.maximum(d2, 0.0))
+    return out
 
 
 def set_path(path: str | Path) -> Path:

@@ -108,7 +108,7 @@ class IqaNode(LifecycleNode):
         # Reference views (teach the target): replaced whole (copy on write), so the worker reads one set per frame.
         self.references: ReferenceSet | None = None
         self._ref_lock = threading.Lock()  # serialises capture / clear / save
-        self._history: deque = deque(maxlen=1)  # (embedding, header) of the newest scored frames
+        self._history: deque[tuple[np.ndarray, Any]] = deque(maxlen=1)  # (embedding, header), newest scored
         self.create_service(
             CaptureReferences, "~/capture_reference", self._on_capture, callback_group=self.aux_group
         )
@@ -433,7 +433,7 @@ class IqaNode(LifecycleNode):
         refs = load_references(
             p,
             engine.model_id,
-            lambda frames: np.stack([s.embedding for s in engine.score(frames)]),
+            engine.embed,
             topic=self.param("reference_topic") or None,
             top_k=int(self.param("reference_top_k")),
         )
@@ -451,6 +451,9 @@ class IqaNode(LifecycleNode):
             return response
         with self._ref_lock:
             refs = self.references
+            if refs is None:  # cleaned up meanwhile
+                response.success, response.message = False, "not configured"
+                return response
             held = {(f.stamp_ns, f.frame_id) for f in refs.frames}  # a frame is added once, however often asked
             newest = [
                 (e, h)

@@ -24,7 +24,7 @@ class TeachError(RuntimeError):
 
 
 def _call(node: Node, srv_type: Any, name: str, request: Any, timeout: float) -> Any:
-    client = node.create_client(srv_type, name)
+    client: Any = node.create_client(srv_type, name)
     try:
         if not client.wait_for_service(timeout_sec=timeout):
             raise TeachError(f"service {name} not available within {timeout:g} s (is iqa_node running?)")

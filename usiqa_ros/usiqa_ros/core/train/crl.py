@@ -79,7 +79,7 @@ def embed(model: USQNet, frames: list[np.ndarray], pre: PreprocessConfig, batch:
     return torch.cat(out).float().numpy()
 
 
-class CRLDataset(Dataset):
+class CRLDataset(Dataset[tuple[torch.Tensor, ...]]):
     """(view, weak view, strong view, pseudo-label); views are 1 x S x S in the node's preprocessing."""
 
     def __init__(self, frames: list[np.ndarray], labels: np.ndarray, pre: PreprocessConfig, eps: float, seed: int):
@@ -91,7 +91,7 @@ class CRLDataset(Dataset):
     def __len__(self) -> int:
         return len(self.frames)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
         rng = np.random.default_rng((self.seed, self.epoch, i))
         img = self.frames[i]
         strong = degrade(img, "blur", self.eps, rng)
@@ -138,14 +138,16 @@ def train_crl(cfg: TrainConfig) -> tuple[USQNet, dict[str, Any]]:
             train_frames = [to_gray_float(f) for f, _ in read_source_frames(cfg.bag, cfg.bag_topic or None)]
         except ReferenceError as e:
             raise ValueError(str(e).replace("reference ", "training ", 1)) from None
-        parts: dict[str, list] = {"train": [], "val": []}
+        parts: dict[str, list[Any]] = {"train": [], "val": []}
     else:
         parts = split_items(cfg, load_items(cfg), out if dd.main else None)
         train_frames = frames_of(parts["train"])
     ref_emb = reference_embeddings(cfg.references, encoder, loaded.model_id, epre)
     raw, labels = pseudo_labels(embed(encoder, train_frames, epre), ref_emb, cfg.top_k)
     ds = CRLDataset(train_frames, labels, pre, cfg.strong_blur_epsilon, cfg.seed)
-    sampler = DistributedSampler(ds, dd.world, dd.rank, shuffle=True, seed=cfg.seed, drop_last=True)
+    sampler: DistributedSampler[Any] = DistributedSampler(
+        ds, dd.world, dd.rank, shuffle=True, seed=cfg.seed, drop_last=True
+    )
     loader = DataLoader(ds, max(1, min(cfg.batch_size, len(sampler))), sampler=sampler, drop_last=True)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     ddp_model: torch.nn.Module = DistributedDataParallel(model) if dd.world > 1 else model
@@ -169,7 +171,7 @@ def train_crl(cfg: TrainConfig) -> tuple[USQNet, dict[str, Any]]:
             _, score = expected_score(ddp_model(views))  # one forward for all views: DDP-friendly
             loss, parts_ = crl_loss(score[:b], score[b : 2 * b], score[2 * b :], s.to(device), cfg)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
             for k, v in {"loss": loss.item(), **parts_}.items():
                 sums[k] = sums.get(k, 0.0) + v * b
