@@ -282,3 +282,25 @@ def test_unknown_unreleased_and_unneeded_keys_are_caught() -> None:
     assert key_problems({newer}, upstream_rules(), {}, set()) == [
         f"{newer}: unknown to rosdep (no rule, not a humble package)"
     ]
+
+
+def test_optional_imports_are_guarded() -> None:
+    """An optional import is probed in a try whose handler catches ImportError (or broader) before any use."""
+    guarded: dict[str, list[bool]] = {}
+    for f in sorted((PKG / "usiqa_ros").rglob("*.py")):
+        tree = ast.parse(f.read_text(), str(f))
+        catching = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Try) and any(
+                h.type is None or "ImportError" in ast.unparse(h.type) or "Exception" in ast.unparse(h.type)
+                for h in node.handlers
+            ):
+                catching |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                if name.split(".")[0] in OPTIONAL_IMPORTS:
+                    guarded.setdefault(name.split(".")[0], []).append(id(node) in catching)
+    assert set(guarded) == set(OPTIONAL_IMPORTS) and all(any(v) for v in guarded.values()), guarded
