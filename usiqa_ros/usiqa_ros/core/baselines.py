@@ -26,7 +26,7 @@ def _resize(gray: np.ndarray, size: int) -> np.ndarray:
 
 def confidence_score(gray: np.ndarray, size: int = 96) -> float:
     """Mean random-walk confidence inside the sector (Karamalis 2012 defaults alpha=2, beta=90, gamma=0.05)."""
-    from monai.transforms import UltrasoundConfidenceMapTransform
+    from monai.transforms.intensity.array import UltrasoundConfidenceMapTransform
 
     img = _resize(gray, size)
     mask = scan_mask(img) > 0
