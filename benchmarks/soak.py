@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="soak")
     args = ap.parse_args(argv)
     frames = [
-        cv2.imread(str(f), cv2.IMREAD_GRAYSCALE) for f in sorted((REPO / "usiqa_ros" / "usiqa_ros" / "sample_frames").glob("*.png"))
+        cv2.imread(str(f), cv2.IMREAD_GRAYSCALE)
+        for f in sorted((REPO / "usiqa_ros" / "usiqa_ros" / "sample_frames").glob("*.png"))
     ]
     rec = run_stream("soak", frames, "mono8", args.fps, args.duration, sample_every_s=10.0, warmup_s=60.0)
     steady = [s for s in rec["samples"] if s["t"] >= 60 and s["latency_p50_ms"] is not None]

@@ -90,7 +90,9 @@ def eval_pairs(model: USQNet, frames: list[np.ndarray], names: list[str], seed: 
     }
 
 
-def eval_graded(model: USQNet, frames: list[np.ndarray], grades: list[int], names: list[str], seed: int) -> dict[str, Any]:
+def eval_graded(
+    model: USQNet, frames: list[np.ndarray], grades: list[int], names: list[str], seed: int
+) -> dict[str, Any]:
     logits, score = model_outputs(model, frames)
     rep = metrics.classification_report(grades, (logits.argmax(1) + 1).tolist(), score, model.config.num_grades)
     rep["weak_view_consistency"] = weak_consistency(model, frames, score, seed)
