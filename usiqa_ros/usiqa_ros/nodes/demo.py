@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import rclpy
+from rclpy.duration import Duration
 from rclpy.executors import SingleThreadedExecutor
 
 from usiqa_ros.nodes.score_printer import ScorePrinter
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         printer.destroy_node()
         rclpy.try_shutdown()
     if scores:
-        lat = [(m.latency.sec + m.latency.nanosec * 1e-9) * 1e3 for m in scores]
+        lat = [Duration.from_msg(m.latency).nanoseconds * 1e-6 for m in scores]
         vals = [m.score for m in scores]
         print(
             f"[demo] {len(scores)} frames scored by {scores[0].model_id}: score mean {statistics.mean(vals):.3f} "

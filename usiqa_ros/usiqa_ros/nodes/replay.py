@@ -83,7 +83,7 @@ class Replayer(Node):
         now, wall = time.perf_counter_ns(), time.time_ns()
         msg = bagio.typestore().deserialize_cdr(raw, bagio.QUALITY_TYPE)
         stamp = bagio.stamp_ns(msg.header.stamp)
-        lat = int(msg.latency.sec) * 1_000_000_000 + int(msg.latency.nanosec)
+        lat = bagio.stamp_ns(msg.latency)  # a rosbags message (raw subscription): sec + nanosec, as a stamp
         with self.lock:
             self.last_activity_ns = now
             r = self.result

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import math
 
+from rclpy.duration import Duration
 from rclpy.node import Node
+from rclpy.time import Time
 from usiqa_msgs.msg import QualityScore
 
 from usiqa_ros.core.grades import grade_name
@@ -13,8 +15,8 @@ from usiqa_ros.ros.spin import spin_node
 
 
 def format_score(msg: QualityScore) -> str:
-    stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
-    latency_ms = (msg.latency.sec + msg.latency.nanosec * 1e-9) * 1e3
+    stamp = Time.from_msg(msg.header.stamp).nanoseconds * 1e-9
+    latency_ms = Duration.from_msg(msg.latency).nanoseconds * 1e-6
     bar = "#" * round(msg.score * 20)
     # With reference views: the two parts of the score (artifact x view); without, view_score is NaN.
     parts = "" if math.isnan(msg.view_score) else f" (artifact {msg.artifact_score:.3f} x view {msg.view_score:.3f})"
