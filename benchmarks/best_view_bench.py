@@ -3,6 +3,7 @@ node's scoring rate with and without a running goal (starvation check), and the 
 
     .venv/bin/python -m benchmarks.best_view_bench [--cancels 15] [--out benchmarks/results/best_view.json]
     .venv/bin/python -m benchmarks.best_view_bench --only teach --seeds 0 1 2 3 4   (ROS underlay sourced, as make)
+    .venv/bin/python -m benchmarks.best_view_bench --only offline --seeds 0 1 2 3 4 (the four conditions, no ROS)
 
 Taught closed loop ("teach"), per seed: the demo (nodes/best_view_demo.py: iqa_node and probe_sim processes, a
 real search over one 12 s sweep) with and without teaching (3 good poses off the sweep path, 5 frames each, on
@@ -276,11 +277,95 @@ def bench_teach(
     }
 
 
+def _crl_train(d: Path, seed: int, epochs: int = 2, steps: int = 6) -> tuple[Path | None, dict]:
+    """CRL-UIQA adaptation of the bundled model to the phantom: `usiqa-train crl --bag` on a recorded sweep with
+    other speckle (seed + 500), the taught frames as references. Reuses an existing checkpoint in `d/crl`."""
+    bag, refs, ckpt = d / "sweep_rec", d / "refs", d / "crl" / "last.safetensors"
+    d.mkdir(parents=True, exist_ok=True)
+    if not bag.exists():
+        _sweep_bag(bag, seed + 500)
+    _teach_frames(refs, seed)
+    info: dict = {"seed": seed}
+    if not ckpt.exists():
+        t0 = time.monotonic()
+        cmd = [sys.executable, "-m", "usiqa_ros.core.train.cli", "crl", "--bag", str(bag), "--references", str(refs)]
+        cmd += ["--out", str(d / "crl"), "--set", f"epochs={epochs}", "--set", f"max_steps_per_epoch={steps}"]
+        cmd += ["--set", "batch_size=12", "--set", "progress=false", "--set", "device=cpu", "--set", f"seed={seed}"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+        info |= {"train_s": round(time.monotonic() - t0, 1), "exit": proc.returncode}
+        if proc.returncode != 0 or not ckpt.exists():
+            return None, info | {"error": proc.stderr[-400:]}
+    m = json.loads((d / "crl" / "metrics.json").read_text())
+    return ckpt, info | {"n_train": m["n_train"], "n_references": m["n_references"], "last": m["history"][-1]}
+
+
+def bench_teach_offline(seeds: list[int], work: Path, frames: int = 90) -> dict:
+    """The same four conditions without ROS, frame by frame: the engine scores `frames` frames of one sweep
+    (every 12 s / frames, all of them, so no frame is skipped), the references are the frames the demo teaches;
+    score = the node's combination. Spearman over the sweep and the truth percentile of the best-scored frame."""
+    from scipy.stats import spearmanr
+
+    from usiqa_ros.core.engine import Engine, EngineConfig
+    from usiqa_ros.core.references import ReferenceFrame, ReferenceSet, combine, read_folder_frames
+    from usiqa_ros.tools.phantom import Phantom, PhantomConfig, sweep_pose
+
+    rows: dict[str, list[dict]] = {"bundled": [], "bundled+refs": [], "crl": [], "crl+refs": []}
+    crl_info = []
+    for seed in seeds:
+        d = work / f"seed{seed}"
+        ckpt, info = _crl_train(d, seed)
+        crl_info.append(info)
+        ph = Phantom(PhantomConfig(seed=seed))
+        sweep = [ph.render(sweep_pose(12.0 * i / frames)) for i in range(frames)]
+        truth = np.array([f.quality for f in sweep])
+        taught = read_folder_frames(d / "refs")
+        for name, path in (("bundled", ""), ("crl", str(ckpt) if ckpt else None)):
+            if path is None:
+                continue
+            engine = Engine(EngineConfig(model_path=path, backend="eager", device="cpu"))
+            scored = engine.score([f.image for f in sweep])
+            art = np.array([s.score for s in scored])
+            emb = engine.embed([f for f, _ in taught])
+            refs = ReferenceSet(engine.model_id, emb, [ReferenceFrame(group=i // 5) for i in range(len(taught))])
+            view = refs.view_scores(np.stack([s.embedding for s in scored]))
+            both = np.array([combine(a, v) for a, v in zip(art, view, strict=True)])
+            for key, sc in ((name, art), (f"{name}+refs", both)):
+                best = int(np.argmax(sc))
+                with_refs = key.endswith("refs")
+                rows[key].append(
+                    {
+                        "seed": seed,
+                        "spearman": round(float(spearmanr(sc, truth).statistic), 4),
+                        "returned_percentile": round(100 * float(np.mean(truth <= truth[best])), 1),
+                        "spearman_artifact": round(float(spearmanr(art, truth).statistic), 4),
+                        "spearman_view": round(float(spearmanr(view, truth).statistic), 4) if with_refs else None,
+                    }
+                )
+    table: dict[str, dict] = {}
+    for key, rs in rows.items():
+        if not rs:
+            continue
+        t: dict = {
+            "seeds": len(rs),
+            "spearman_median": round(float(np.median([r["spearman"] for r in rs])), 3),
+            "returned_percentile_median": round(float(np.median([r["returned_percentile"] for r in rs])), 1),
+            "spearman": [r["spearman"] for r in rs],
+            "returned_percentile": [r["returned_percentile"] for r in rs],
+        }
+        if key.endswith("refs"):
+            t["spearman_view_median"] = round(float(np.median([r["spearman_view"] for r in rs])), 3)
+            t["target_met"] = t["spearman_median"] >= 0.8 and t["returned_percentile_median"] >= 90.0
+        table[key] = t
+    return {"seeds": seeds, "frames_per_sweep": frames, "summary": table, "crl_training": crl_info, "rows": rows}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cancels", type=int, default=15)
     ap.add_argument("--out", default=str(RESULTS / "best_view.json"))
-    ap.add_argument("--only", choices=("all", "action", "teach"), default="all", help="sections to (re)measure")
+    ap.add_argument(
+        "--only", choices=("all", "action", "teach", "offline"), default="all", help="sections to (re)measure"
+    )
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="phantom seeds of the teach runs")
     ap.add_argument("--work", default="/tmp/usiqa_best_view_teach", help="bags, references and CRL runs")
     args = ap.parse_args(argv)
@@ -308,6 +393,12 @@ def main(argv: list[str] | None = None) -> int:
             args.seeds, work, progress=progress
         )
         out["teach"]["load_average_end"] = load_average()
+    if args.only in ("all", "offline"):
+        load0 = load_average()
+        out["teach_offline"] = {"command": command, "load_average_start": load0} | bench_teach_offline(
+            args.seeds, Path(args.work)
+        )
+        out["teach_offline"]["load_average_end"] = load_average()
     print(write_json(args.out, out, indent=2))
     return 0
 

@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from usiqa_ros import __version__
 from usiqa_ros.core.model import USQNet, USQNetConfig
 from usiqa_ros.core.preprocess import PREPROCESSING
-from usiqa_ros.core.safe_io import atomic_write_with
+from usiqa_ros.core.safe_io import PathError, atomic_write_with, check_input_file
 
 FORMAT = "usiqa-checkpoint"
 FORMAT_VERSION = 1
@@ -159,13 +159,10 @@ def load_checkpoint(
     A pickle (.pt/.pth/...) is refused unless allow_unsafe_pickle is set, and even then it is read with
     torch.load(weights_only=True), which executes no code from the file.
     """
-    path = Path(path) if path else DEFAULT_CHECKPOINT
-    if not path.exists():
-        raise CheckpointError(path, "file does not exist")
-    if not path.is_file():
-        raise CheckpointError(path, "not a regular file")
-    if not os.access(path, os.R_OK):
-        raise CheckpointError(path, "file is not readable (permissions)")
+    try:
+        path = check_input_file(path or DEFAULT_CHECKPOINT)
+    except PathError as e:  # does not exist, not a regular file, not readable
+        raise CheckpointError(e.path, e.problem) from None
     sha = sha256_of(path)
     if expected_sha256 and sha.lower() != expected_sha256.strip().lower():
         raise CheckpointError(path, f"SHA-256 mismatch: file has {sha}, configuration expects {expected_sha256}")

@@ -22,6 +22,7 @@ class PathError(ValueError):
 
     def __init__(self, path: str | os.PathLike[str], problem: str) -> None:
         self.path = str(path)
+        self.problem = problem
         super().__init__(f"{self.path}: {problem}")
 
 
