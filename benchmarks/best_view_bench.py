@@ -193,6 +193,8 @@ def _teach_frames(folder: Path, seed: int, poses: int = 3, per_pose: int = 5) ->
 
 
 def _demo(args: list[str], out: Path) -> dict:
+    if out.exists():  # resume: a run of an interrupted benchmark is kept
+        return dict(json.loads(out.read_text()))
     cmd = [sys.executable, "-m", "usiqa_ros.nodes.best_view_demo", *args, "--dwell", "3", "--json", str(out)]
     t0 = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
@@ -201,80 +203,72 @@ def _demo(args: list[str], out: Path) -> dict:
     return json.loads(out.read_text()) | {"wall_s": round(time.monotonic() - t0, 1)}
 
 
-def bench_teach(
-    seeds: list[int],
-    work: Path,
-    crl_epochs: int = 2,
-    crl_steps: int = 6,
-    progress: Callable[[dict], None] | None = None,
-) -> dict:
-    """The taught closed loop over seeds: {no references, references} x {bundled model, CRL-adapted}.
-    `progress` gets the partial runs after each seed (written to the work folder by main)."""
-    runs: dict[str, list[dict]] = {"bundled": [], "bundled+refs": [], "crl": [], "crl+refs": []}
-    crl_info = []
-    for seed in seeds:  # without adaptation first: on a loaded machine CRL training is the slow part
-        d = work / f"seed{seed}"
-        d.mkdir(parents=True, exist_ok=True)
-        base = ["--seed", str(seed)]
-        runs["bundled"].append(_demo([*base, "--teach-poses", "0"], d / "bundled.json"))
-        runs["bundled+refs"].append(_demo(base, d / "bundled_refs.json"))
-        if progress is not None:
-            progress({"runs": runs})
-    for seed in seeds:
-        d = work / f"seed{seed}"
-        base = ["--seed", str(seed)]
-        bag, refs = d / "sweep_rec", d / "refs"
-        if not bag.exists():
-            _sweep_bag(bag, seed + 500)
-        _teach_frames(refs, seed)
-        t0 = time.monotonic()
-        cmd = [sys.executable, "-m", "usiqa_ros.core.train.cli", "crl", "--bag", str(bag), "--references", str(refs)]
-        cmd += ["--out", str(d / "crl"), "--set", f"epochs={crl_epochs}", "--set", f"max_steps_per_epoch={crl_steps}"]
-        cmd += ["--set", "batch_size=12", "--set", "progress=false", "--set", "device=cpu", "--set", f"seed={seed}"]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-        ckpt = d / "crl" / "last.safetensors"
-        info = {"seed": seed, "train_s": round(time.monotonic() - t0, 1), "exit": proc.returncode}
-        if proc.returncode != 0 or not ckpt.exists():
-            crl_info.append(info | {"error": proc.stderr[-400:]})
-            continue
-        m = json.loads((d / "crl" / "metrics.json").read_text())
-        crl_info.append(info | {"n_train": m["n_train"], "n_references": m["n_references"], "last": m["history"][-1]})
-        runs["crl"].append(_demo([*base, "--teach-poses", "0", "--model", str(ckpt)], d / "crl.json"))
-        runs["crl+refs"].append(_demo([*base, "--model", str(ckpt)], d / "crl_refs.json"))
-        if progress is not None:
-            progress({"runs": runs, "crl_training": crl_info})
+CONDITIONS = ("bundled", "bundled+refs", "crl", "crl+refs")
 
+
+def _teach_summary(runs: dict[str, list[dict]]) -> dict:
     def summary(rs: list[dict]) -> dict:
         ok = [r for r in rs if "spearman" in r]
         if not ok:
             return {"runs": len(rs), "failed": len(rs)}
+        views = [r.get("spearman_view") for r in ok]
         return {
             "runs": len(rs),
             "failed": len(rs) - len(ok),
             "spearman_median": round(float(np.median([r["spearman"] for r in ok])), 3),
             "returned_percentile_median": round(float(np.median([r["returned_percentile"] for r in ok])), 1),
             "spearman_artifact_median": round(float(np.median([r["spearman_artifact"] for r in ok])), 3),
-            "spearman_view_median": (
-                round(float(np.median([r["spearman_view"] for r in ok])), 3)
-                if all(r.get("spearman_view") is not None for r in ok)
-                else None
-            ),
+            "spearman_view_median": round(float(np.median(views)), 3) if None not in views else None,
             "spearman": [r["spearman"] for r in ok],
             "returned_percentile": [r["returned_percentile"] for r in ok],
+            "frames_per_search": [r.get("frames") for r in ok],
         }
 
-    table = {k: summary(v) for k, v in runs.items()}
+    table = {k: summary(v) for k, v in runs.items() if v}
     for k in ("bundled+refs", "crl+refs"):
-        t = table[k]
+        t = table.get(k, {})
         if "spearman_median" in t:
             t["target_met"] = t["spearman_median"] >= 0.8 and t["returned_percentile_median"] >= 90.0
-    return {
-        "seeds": seeds,
-        "summary": table,
-        "crl_training": crl_info,
-        "runs": runs,
-        "targets": "Spearman >= 0.8, top 10 %",
-    }
+    return table
+
+
+def bench_teach(
+    seeds: list[int],
+    work: Path,
+    conditions: tuple[str, ...] = CONDITIONS,
+    progress: Callable[[dict], None] | None = None,
+) -> dict:
+    """The taught closed loop over seeds: {no references, references} x {bundled model, CRL-adapted}. CRL
+    checkpoints are trained once per seed in `work` (`_crl_train`, reused when present).
+    `progress` gets the partial runs after each seed (written to the work folder by main)."""
+    runs: dict[str, list[dict]] = {k: [] for k in conditions}
+    crl_info = []
+    for seed in seeds:  # without adaptation first: on a loaded machine CRL training is the slow part
+        d = work / f"seed{seed}"
+        d.mkdir(parents=True, exist_ok=True)
+        base = ["--seed", str(seed)]
+        if "bundled" in conditions:
+            runs["bundled"].append(_demo([*base, "--teach-poses", "0"], d / "bundled.json") | {"seed": seed})
+        if "bundled+refs" in conditions:
+            runs["bundled+refs"].append(_demo(base, d / "bundled_refs.json") | {"seed": seed})
+        if progress is not None:
+            progress({"runs": runs})
+    for seed in seeds if {"crl", "crl+refs"} & set(conditions) else []:
+        d = work / f"seed{seed}"
+        base = ["--seed", str(seed)]
+        ckpt, info = _crl_train(d, seed)
+        crl_info.append(info)
+        if ckpt is None:
+            continue
+        if "crl" in conditions:
+            runs["crl"].append(
+                _demo([*base, "--teach-poses", "0", "--model", str(ckpt)], d / "crl.json") | {"seed": seed}
+            )
+        if "crl+refs" in conditions:
+            runs["crl+refs"].append(_demo([*base, "--model", str(ckpt)], d / "crl_refs.json") | {"seed": seed})
+        if progress is not None:
+            progress({"runs": runs, "crl_training": crl_info})
+    return {"seeds": seeds, "crl_training": crl_info, "runs": runs, "targets": "Spearman >= 0.8, top 10 %"}
 
 
 def _crl_train(d: Path, seed: int, epochs: int = 2, steps: int = 6) -> tuple[Path | None, dict]:
@@ -367,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         "--only", choices=("all", "action", "teach", "offline"), default="all", help="sections to (re)measure"
     )
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="phantom seeds of the teach runs")
+    ap.add_argument("--conditions", nargs="+", choices=CONDITIONS, default=list(CONDITIONS), help="teach runs")
     ap.add_argument("--work", default="/tmp/usiqa_best_view_teach", help="bags, references and CRL runs")
     args = ap.parse_args(argv)
     path = Path(args.out)
@@ -389,10 +384,15 @@ def main(argv: list[str] | None = None) -> int:
         def progress(partial: dict) -> None:
             (work / "partial.json").write_text(json.dumps(partial, indent=1) + "\n")
 
-        out["teach"] = {"command": command, "load_average_start": load0} | bench_teach(
-            args.seeds, work, progress=progress
-        )
-        out["teach"]["load_average_end"] = load_average()
+        conditions = tuple(args.conditions)
+        measured = bench_teach(args.seeds, work, conditions, progress=progress)
+        previous = out.get("teach", {})
+        runs = {k: v for k, v in previous.get("runs", {}).items() if k not in conditions} | measured["runs"]
+        commands = [c for c in previous.get("commands", []) if c.get("conditions") != list(conditions)]
+        commands.append({"command": command, "conditions": list(conditions), "load_average": [load0, load_average()]})
+        crl = measured["crl_training"] or previous.get("crl_training", [])
+        out["teach"] = {"commands": commands, "seeds": args.seeds, "summary": _teach_summary(runs)}
+        out["teach"] |= {"crl_training": crl, "runs": runs, "targets": measured["targets"]}
     if args.only in ("all", "offline"):
         load0 = load_average()
         out["teach_offline"] = {"command": command, "load_average_start": load0} | bench_teach_offline(
