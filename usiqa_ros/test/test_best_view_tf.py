@@ -121,6 +121,7 @@ def test_best_pose_is_the_tf_pose_at_the_best_stamp(tf_run):
     assert ps.header.frame_id == "world", result.message
     assert stamp_ns(ps.header) == best_stamp
     pos_mm, rot_deg = pose_error(ps, probe)
+    print(f"best_pose error: {pos_mm:.2e} mm, {rot_deg:.2e} deg")
     assert pos_mm < 1.0 and rot_deg < 0.1, f"pose off by {pos_mm:.3f} mm, {rot_deg:.3f} deg"
     # the probe moved: a pose of any other frame would be off by >= 5 mm
     others = [
