@@ -41,6 +41,7 @@ from usiqa_ros.core.checkpoint import CheckpointError
 from usiqa_ros.core.engine import Engine, EngineConfig, EngineError, FrameScore
 from usiqa_ros.core.preprocess import FrameError
 from usiqa_ros.core.references import ReferenceError, ReferenceFrame, ReferenceSet, combine, is_bag, load_references
+from usiqa_ros.ros.annotate import DebugImage
 from usiqa_ros.ros.best_view import BestViewConfig, BestViewServer, ScoreListener
 from usiqa_ros.ros.convert import check_header, compressed_to_array, image_to_array
 from usiqa_ros.ros.diagnostics import Health, IqaDiagnostics, NodeStats, parameter_descriptors
@@ -105,6 +106,7 @@ class IqaNode(LifecycleNode):
         self._declare_parameters()
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.diagnostics = IqaDiagnostics(self, self.health, self.aux_group)  # /diagnostics at 1 Hz
+        self.debug_image = DebugImage(self)  # quality/image when debug_image is true (ros/annotate.py)
         # Reference views (teach the target): replaced whole (copy on write), so the worker reads one set per frame.
         self.references: ReferenceSet | None = None
         self._ref_lock = threading.Lock()  # serialises capture / clear / save
@@ -179,6 +181,8 @@ class IqaNode(LifecycleNode):
             ints=(1, 10000),
         )
         p("quality_topic", "quality", "usiqa_msgs/QualityScore output topic.")
+        p("debug_image", False, "Publish <quality_topic>/image: the frame with grade, score and a score bar drawn "
+          "(bgr8, for rviz/rqt_image_view); drawn only while someone subscribes.")  # fmt: skip
         p("max_pixels", 4096 * 4096, "Frames with more pixels are refused before any allocation.", ints=(1, 2**31 - 1))
         p(
             "log_throttle_s",
@@ -336,6 +340,7 @@ class IqaNode(LifecycleNode):
             event_callbacks=diag.publisher_events(self.param("quality_topic")),
             qos_overriding_options=overrides,
         )
+        self.debug_image.start(self.param("quality_topic"))
         self._subs = [
             self.create_subscription(
                 Image,
@@ -388,6 +393,7 @@ class IqaNode(LifecycleNode):
         if self._pub is not None:
             self.destroy_publisher(self._pub)
             self._pub = None
+        self.debug_image.stop()
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop()
