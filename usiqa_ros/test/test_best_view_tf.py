@@ -19,6 +19,7 @@ import time
 import numpy as np
 import pytest
 from conftest import require
+from geometry_msgs.msg import PoseStamped
 from rcl_interfaces.msg import Log
 from rclpy.duration import Duration
 from rclpy.lifecycle import TransitionCallbackReturn
@@ -31,9 +32,9 @@ from rosgraph_msgs.msg import Clock
 from test_best_view import R, bv_node, peer_for, sim_sweep, stamp_ns
 from usiqa_msgs.msg import QualityScore
 
-from usiqa_ros.nodes.probe_sim import ProbeSim
+from usiqa_ros.nodes.probe_sim import ProbeSim, pose_to_probe
 from usiqa_ros.ros.best_view import import_tf2
-from usiqa_ros.tools.phantom import Phantom, PhantomConfig, ProbePose, sweep_pose
+from usiqa_ros.tools.phantom import Phantom, PhantomConfig, ProbePose
 
 PROBE = "probe_tf_test"  # frame ids private to this module: /tf is shared by every node of the test session
 
@@ -83,6 +84,20 @@ def pose_error(ps, probe: MovingProbe) -> tuple[float, float]:
     return pos_mm, rot_deg
 
 
+def wait_for_poses(peer, frame: np.ndarray, timeout: float = 30.0) -> None:
+    """Until a goal over one PROBE frame returns a pose: the node's TF listener has discovered the moving probe
+    (lookups fail before that, which would only slow the tests down)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        search = peer.client.start(target_score=0.0, timeout=60.0)
+        peer.feed([frame], frame_id=PROBE)
+        assert search.cancel()
+        if search.result(timeout=10).best_pose.header.frame_id:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no best_pose within {timeout} s: TF from the moving probe not received")
+
+
 @pytest.fixture(scope="module")
 def tf_run(ros):
     """An IqaNode with pose_frame world, a test peer, and a probe moving on TF."""
@@ -92,9 +107,7 @@ def tf_run(ros):
     probe_spin = Spinner(probe, threads=2)
     try:
         with bv_node(ns, pose_frame="world") as node, peer_for(node, ns) as peer:
-            # TF discovered by the node's listener (before that, lookups fail and would only delay the tests)
-            buffer = node._best_view._poses.buffer
-            wait_for(lambda: buffer.can_transform_core("world", PROBE, Time())[0], 15)
+            wait_for_poses(peer, sim_sweep()[0][0])
             yield node, peer, probe
     finally:
         probe_spin.stop()
@@ -222,8 +235,7 @@ def test_poses_survive_a_lifecycle_cycle(tf_run):
     node, peer, probe = tf_run
     for transition in ("deactivate", "cleanup", "configure", "activate"):
         assert getattr(node, f"trigger_{transition}")() == TransitionCallbackReturn.SUCCESS, transition
-    buffer = node._best_view._poses.buffer
-    wait_for(lambda: buffer.can_transform_core("world", PROBE, Time())[0], 15)
+    wait_for_poses(peer, sim_sweep()[0][0])
     search = peer.client.start(target_score=0.0, timeout=60.0)
     peer.feed(sim_sweep()[0][:1], frame_id=PROBE)
     assert search.cancel()
@@ -245,7 +257,10 @@ def test_return_to_best_pose_with_probe_sim(ros):
             Parameter("frame_id", value=frame),
         ],
     )
-    sim_spin = Spinner(sim, threads=2)
+    recorded: dict[int, object] = {}  # probe_sim/pose by stamp: where the probe was when each frame was acquired
+    watcher = Node("pose_watcher", namespace=ns)
+    watcher.create_subscription(PoseStamped, "probe_sim/pose", lambda m: recorded.update({stamp_ns(m.header): m}), 100)
+    sim_spin = Spinner(sim, watcher, threads=2)
     try:
         with bv_node(ns, pose_frame="world") as node, peer_for(node, ns) as peer:
             wait_for(lambda: len(peer.scores) > 3, 30)
@@ -256,8 +271,9 @@ def test_return_to_best_pose_with_probe_sim(ros):
     finally:
         sim_spin.stop()
         sim.destroy_node()
+        watcher.destroy_node()
     assert sim.mode == "command"  # the command ended the sweep
-    swept = sweep_pose((best_ns - sim._t0.nanoseconds) * 1e-9, 6.0)  # where the probe was at the best stamp
+    swept = pose_to_probe(recorded[best_ns].pose)  # where the probe was at the best stamp
     held = sim.pose
     assert np.allclose([held.x, held.y, held.lift, held.tilt], [swept.x, swept.y, swept.lift, swept.tilt], atol=1e-6)
     assert len(there) == 5 and min(stamp_ns(m.header) for m in there) > best_ns
