@@ -10,7 +10,7 @@ from pathlib import Path
 from peer_helpers import Peer
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from rclpy.qos import HistoryPolicy, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import ReliabilityPolicy, qos_profile_sensor_data
 from ros_helpers import Spinner, running_iqa_node, wait_for
 
 
@@ -18,14 +18,32 @@ def _topics(ns: str) -> dict[str, str]:
     return dict(image_topic=f"/{ns}/image", quality_topic=f"/{ns}/quality", diag_stale_input_s=0.0)
 
 
+def _scoring_line(name: str) -> str:
+    """The node's activation log line (/rosout is transient-local, so a later peer reads it too): it states the
+    effective QoS of each entity after the overrides, e.g. `scoring /image (best_effort, depth 5) -> ...`."""
+    peer = Peer(name)
+    spin = Spinner(peer)
+    try:
+        return wait_for(lambda: next((m.msg for m in peer.logs if m.msg.startswith("scoring ")), None), 20)
+    finally:
+        spin.stop()
+        peer.destroy_node()
+
+
+def _parameters(node) -> dict:
+    return {n: node.get_parameter(n).value for n in node.list_parameters([], 0).names}
+
+
 def test_standard_parameters_are_declared_with_the_defaults(ros) -> None:
     ns = "qos_ovr_default"
     with running_iqa_node("iqa_qos_ovr_default", **_topics(ns)) as node:
-        sub = node._subs[0].qos_profile
-        assert (sub.reliability, sub.depth, sub.history) == (ReliabilityPolicy.BEST_EFFORT, 5, HistoryPolicy.KEEP_LAST)
+        line = _scoring_line("iqa_qos_ovr_default")
+        assert line == f"scoring /{ns}/image (best_effort, depth 5) -> /{ns}/quality (reliable, depth 10)", line
+        (sub,) = node.get_subscriptions_info_by_topic(f"/{ns}/image")  # the graph has reliability, not history/depth
+        assert sub.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT
         values = {
-            name: node.get_parameter(name).value
-            for name in node._parameters
+            name: value
+            for name, value in _parameters(node).items()
             if name.startswith(("qos_overrides./qos_ovr_default/image.", "qos_overrides./qos_ovr_default/quality."))
         }
         assert values == {
@@ -51,9 +69,9 @@ def test_override_wins_over_the_default_and_reaches_dds(ros) -> None:
         f"qos_overrides./{ns}/quality.publisher.depth": 3,
     }
     with running_iqa_node(name, **params) as node:
-        sub, pub = node._subs[0].qos_profile, node._pub.qos_profile
-        assert (sub.reliability, sub.depth) == (ReliabilityPolicy.RELIABLE, 20)
-        assert pub.depth == 3
+        assert _scoring_line(name) == f"scoring /{ns}/image (reliable, depth 20) -> /{ns}/quality (reliable, depth 3)"
+        (sub,) = node.get_subscriptions_info_by_topic(f"/{ns}/image")
+        assert sub.qos_profile.reliability == ReliabilityPolicy.RELIABLE
         peer = Peer(name, ns, image_qos=qos_profile_sensor_data)  # best effort
         spin = Spinner(peer)
         try:
@@ -73,9 +91,9 @@ def test_invalid_override_fails_activation(ros) -> None:
     try:
         assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
         assert node.trigger_activate() != TransitionCallbackReturn.SUCCESS
-        assert not node._running
+        assert node.health().state != "active"
+        assert not node.get_subscriptions_info_by_topic(f"/{ns}/image")  # nothing subscribed
     finally:
-        node._stop()
         node.destroy_node()
 
 
@@ -96,9 +114,7 @@ def test_config_example_through_a_real_params_file(ros, tmp_path) -> None:
     try:
         assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
         assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
-        sub, pub = node._subs[0].qos_profile, node._pub.qos_profile
-        assert (node._subs[0].topic_name, sub.reliability, sub.depth) == ("/image", ReliabilityPolicy.RELIABLE, 10)
-        assert (node._pub.topic_name, pub.depth) == ("/quality", 1)
+        line = _scoring_line("iqa_qos_ovr_file")
+        assert line == "scoring /image (reliable, depth 10) -> /quality (reliable, depth 1)", line
     finally:
-        node._stop()
         node.destroy_node()
