@@ -147,8 +147,8 @@ def bench_action(cancels: int, rate: float = 8.0, window: float = 4.0, rounds: i
         client.close()
         spin_peer.stop()
         peer.destroy_node()
-        server_cancel_s = list(node._best_view.cancel_latencies)
-        node._stop()
+        server_cancel_s = list(node._best_view.cancel_latencies)  # instrument of the server, read for the record
+        node.trigger_shutdown()  # lifecycle: ends goals and stops the worker while the executor still spins
         spin_node.stop()
         node.destroy_node()
         rclpy.try_shutdown()

@@ -30,7 +30,7 @@ def q(**kw) -> float:
 
 def sector_mean(img: np.ndarray, cols: slice = slice(None)) -> float:
     """Mean grey level inside the imaged sector (scan-conversion mask), optionally over some columns."""
-    mask = PH._map_x >= 0
+    mask = PH.sector_mask
     return float(img[:, cols][mask[:, cols]].mean())
 
 

@@ -90,6 +90,11 @@ class Phantom:
         a, _, b = cfg.bladder_axes
         self.reference_area = math.pi * a * b  # central section, mm^2
 
+    @property
+    def sector_mask(self) -> np.ndarray:
+        """Image pixels inside the imaged sector (scan conversion maps them to a beam and depth)."""
+        return self._map_x >= 0
+
     # ------------------------------------------------------------------ set-up
     def _make_speckle(self) -> tuple[np.ndarray, tuple[float, float]]:
         """Fully developed speckle: |complex Gaussian field * anisotropic PSF| (Rayleigh), mean 1."""
