@@ -29,6 +29,8 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallb
 from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.parameter import Parameter
+from rclpy.publisher import Publisher
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.time import Time
@@ -96,7 +98,7 @@ class IqaNode(LifecycleNode):
         self._skipped_since_publish = 0
         self._listeners: list[ScoreListener] = []
         self._last_log: dict[str, float] = {}
-        self._pub = None
+        self._pub: Publisher[Any] | None = None
         self._subs: list[Any] = []
         self.sub_group = MutuallyExclusiveCallbackGroup()
         self.aux_group = ReentrantCallbackGroup()  # actions, timers, services added by other modules
@@ -238,7 +240,7 @@ class IqaNode(LifecycleNode):
         for name, (default, descriptor) in parameter_descriptors().items():  # diag_* thresholds, period
             self.declare_parameter(name, default, descriptor)
 
-    def _on_set_parameters(self, params: list[rclpy.Parameter]) -> SetParametersResult:
+    def _on_set_parameters(self, params: list[Parameter[Any]]) -> SetParametersResult:
         crop = next((p.value for p in params if p.name == "crop"), None)
         roi = next((p.value for p in params if p.name == "roi"), None)
         for prm in params:
@@ -333,7 +335,7 @@ class IqaNode(LifecycleNode):
         reliability, depth = self.param("qos_reliability"), self.param("qos_depth")
         overrides = QoSOverridingOptions.with_default_policies()
         diag = self.diagnostics  # incompatible-QoS events are logged with a hint and shown on /diagnostics
-        self._pub = self.create_publisher(
+        self._pub = pub = self.create_publisher(
             QualityScore,
             self.param("quality_topic"),
             10,
@@ -373,7 +375,7 @@ class IqaNode(LifecycleNode):
         self._worker.start()
         self.get_logger().info(
             f"scoring {', '.join(_describe_qos(s.topic_name, s.qos_profile) for s in self._subs)} -> "
-            f"{_describe_qos(self._pub.topic_name, self._pub.qos_profile)}"
+            f"{_describe_qos(pub.topic_name, pub.qos_profile)}"
         )
         return super().on_activate(state)
 
@@ -586,10 +588,13 @@ class IqaNode(LifecycleNode):
                 if not self._running:
                     return
                 pending, self._slot = self._slot, None
-            self._process(pending)
+            if pending is not None:  # always, while running (the wait above); narrows the type
+                self._process(pending)
 
     def _process(self, pending: _Pending) -> None:
         engine = self.engine
+        if engine is None:  # cleared only by cleanup, after the worker has stopped
+            return
         max_px = self.param("max_pixels")
         try:
             notes = check_header(pending.msg.header)  # raises for an impossible stamp; notes = suspicious but usable
@@ -623,7 +628,7 @@ class IqaNode(LifecycleNode):
             self._history.append((result.embedding, pending.msg.header))
         out.grade = int(result.grade)
         out.probabilities = result.probabilities.tolist()
-        out.model_id = self.engine.model_id
+        out.model_id = self.engine.model_id if self.engine is not None else ""
         with self._lock:
             out.frames_skipped = self._skipped_since_publish
             self._skipped_since_publish = 0
