@@ -117,10 +117,6 @@ class BestViewClient:
         """True once the action server is discovered, within `timeout` s (default: server_timeout)."""
         return self._client.wait_for_server(timeout_sec=self.server_timeout if timeout is None else timeout)
 
-    def wait_for_server(self, timeout: float | None = None) -> bool:
-        """True once the action server is discovered, within `timeout` s (default: server_timeout)."""
-        return self._client.wait_for_server(timeout_sec=self.server_timeout if timeout is None else timeout)
-
     def start(
         self,
         target_score: float = 0.0,
