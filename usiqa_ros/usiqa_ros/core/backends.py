@@ -112,12 +112,12 @@ class EagerBackend(Backend):
         return (logits.float(), emb.float()) if self.amp else (logits, emb)
 
 
-def ort_providers(device: torch.device, available: list[str], fp16: bool) -> list:
+def ort_providers(device: torch.device, available: list[str], fp16: bool) -> list[str | tuple[str, dict[str, Any]]]:
     """Execution providers for `device`, best first, restricted to what this onnxruntime build has."""
     if device.type != "cuda":
         return ["CPUExecutionProvider"]
     index = device.index or 0
-    wanted: list = []
+    wanted: list[str | tuple[str, dict[str, Any]]] = []
     if "TensorrtExecutionProvider" in available:
         wanted.append(("TensorrtExecutionProvider", {"device_id": index, "trt_fp16_enable": fp16}))
     if "CUDAExecutionProvider" in available:
@@ -146,7 +146,7 @@ def export_onnx(model: nn.Module, input_size: int, opset: int = 17, cache_key: s
         torch.onnx.export(
             ScoreAndEmbed(model.cpu().to(memory_format=torch.contiguous_format)),
             (example,),
-            buf,
+            buf,  # type: ignore[arg-type]  # torch accepts a file object; its stub says path only
             input_names=["image"],
             output_names=["logits", "embedding"],
             dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}, "embedding": {0: "batch"}},

@@ -98,8 +98,9 @@ class Engine:
         self.model = self.checkpoint.model.to(self.device).eval()
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.model = self.model.to(memory_format=self.memory_format)
+        x, y, w, h = cfg.roi  # also when given as a list
         self.preprocess_config = PreprocessConfig(
-            input_size=cfg.input_size or self.checkpoint.input_size, crop=cfg.crop, roi=tuple(cfg.roi)
+            input_size=cfg.input_size or self.checkpoint.input_size, crop=cfg.crop, roi=(x, y, w, h)
         )
         self.num_grades = self.checkpoint.model.config.num_grades
         self.backend: Backend = self._start_backend()
