@@ -50,7 +50,7 @@ class BackendOptions:
     device: torch.device
     input_size: int
     channels_last: bool = True
-    amp: bool = False  # reduced precision: fp16 on CUDA; bf16 autocast on the CPU (eager; TensorRT fp16 for onnxruntime)
+    amp: bool = False  # reduced precision: eager fp16 on CUDA / bf16 on the CPU; onnxruntime: TensorRT fp16
     num_threads: int = 0
     num_interop_threads: int = 0
     ort_graph_optimization: str = "all"
