@@ -211,6 +211,8 @@ def _teach(rec: Recorder, n_poses: int, frames: int, seed: int, timeout: float =
                 there = [s for s in rec.scores if s > sent and s in rec.poses and _same_pose(rec.poses[s].pose, target)]
             if len(there) >= frames:
                 break
+            if not rclpy.ok():  # Ctrl-C / SIGTERM: rclpy's handler shut the context down
+                raise KeyboardInterrupt
             if time.monotonic() > deadline:
                 raise RuntimeError(f"only {len(there)} frames scored at the taught pose within {timeout:.0f} s")
             time.sleep(0.05)
