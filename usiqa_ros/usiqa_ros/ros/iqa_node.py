@@ -113,9 +113,7 @@ class IqaNode(LifecycleNode):
         self.references: ReferenceSet | None = None
         self._ref_lock = threading.Lock()  # serialises capture / clear / save
         self._history: deque[tuple[np.ndarray, Any]] = deque(maxlen=1)  # (embedding, header), newest scored
-        self.create_service(
-            CaptureReferences, "~/capture_reference", self._on_capture, callback_group=self.aux_group
-        )
+        self.create_service(CaptureReferences, "~/capture_reference", self._on_capture, callback_group=self.aux_group)
         self.create_service(Trigger, "~/clear_references", self._on_clear, callback_group=self.aux_group)
         self.create_service(Trigger, "~/save_references", self._on_save, callback_group=self.aux_group)
 
