@@ -13,6 +13,7 @@ import logging
 import numpy as np
 import pytest
 import torch
+from conftest import PKG
 
 from benchmarks.common import calibrated_checkpoint
 from usiqa_ros.core import backends
@@ -33,10 +34,12 @@ def _restore_torch_threads():
 
 
 @pytest.fixture(scope="module")
-def frames(real_us):
+def frames():
+    """20 real frames: the bundled sample clip (no dev data needed)."""
     import cv2
 
-    files = sorted(real_us.glob("*.png"))[::12][:20]
+    files = sorted((PKG / "usiqa_ros" / "sample_frames").glob("*.png"))[::2][:20]
+    assert len(files) == 20
     return [cv2.imread(str(f), cv2.IMREAD_UNCHANGED) for f in files]
 
 

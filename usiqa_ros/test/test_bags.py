@@ -14,19 +14,20 @@ import cv2
 import numpy as np
 import pytest
 import yaml
+from conftest import PKG
 
 from usiqa_ros.core.engine import Engine, EngineConfig
 from usiqa_ros.tools import bag_eval, bag_report, bagio, make_bag
 from usiqa_ros.tools.bag_types import BagScores
 
-CLIP = "blues_patient_12_L3"  # 48 frames, 350 x 350 gray
+SAMPLE_CLIP = PKG / "usiqa_ros" / "sample_frames"  # the bundled clip: 48 frames, 370 x 370 gray (no dev data needed)
 START_NS = 1_700_000_000_123_456_789
 N = 24
 
 
 @pytest.fixture(scope="module")
-def frames(real_us: Path) -> list[np.ndarray]:
-    return list(make_bag.frames_from_folder(real_us / "clips" / CLIP))[:N]
+def frames() -> list[np.ndarray]:
+    return list(make_bag.frames_from_folder(SAMPLE_CLIP))[:N]
 
 
 @pytest.fixture(scope="module")
