@@ -150,7 +150,7 @@ def require_grades(items: Sequence[GradedItem]) -> None:
         raise DatasetError(f"{ungraded[0].origin}: {ungraded[0].path.name}: no grade (supervised training needs one)")
 
 
-class GradedImageDataset(Dataset):
+class GradedImageDataset(Dataset[tuple[torch.Tensor, int]]):
     """(1 x S x S float32 tensor, grade index 0..G-1 or -1 when ungraded). `augment` applies `weak_view`."""
 
     def __init__(self, items: Sequence[GradedItem], preprocess: PreprocessConfig, augment: bool = False, seed: int = 0):

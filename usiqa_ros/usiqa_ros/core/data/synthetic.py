@@ -82,7 +82,7 @@ class SyntheticConfig:
     samples_per_epoch: int = 2000
 
 
-class SyntheticGradedDataset(Dataset):
+class SyntheticGradedDataset(Dataset[tuple[torch.Tensor, int]]):
     """Infinite-style dataset: each item is a random (frame, grade, degradation) with a balanced grade.
 
     Items are drawn from a per-index generator seeded by (seed, epoch, index), so an epoch is reproducible

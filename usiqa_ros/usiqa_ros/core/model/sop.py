@@ -76,6 +76,7 @@ class GlobalSoPPooling(nn.Module):
         self.iterations = iterations
         rows, cols = torch.triu_indices(dim, dim)
         # Flat indices of the upper triangle (incl. diagonal): a gather that exports to ONNX and traces.
+        self.triu_index: torch.Tensor
         self.register_buffer("triu_index", rows * dim + cols, persistent=False)
         self.out_features = dim * (dim + 1) // 2
 

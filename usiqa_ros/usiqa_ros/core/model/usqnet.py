@@ -103,7 +103,7 @@ class USQNet(nn.Module):
         self.config = config = config or USQNetConfig()
         if config.input_std <= 0:
             raise ValueError(f"input_std must be > 0, got {config.input_std}")
-        self.backbone = timm.create_model(config.backbone, pretrained=False, num_classes=0, global_pool="")
+        self.backbone: Any = timm.create_model(config.backbone, pretrained=False, num_classes=0, global_pool="")
         stage_names = ["layer1", "layer2", "layer3", "layer4"]
         if config.local_attention:
             if not all(hasattr(self.backbone, n) for n in stage_names):
@@ -135,7 +135,8 @@ class USQNet(nn.Module):
         return self.global_pool(self.backbone.forward_features(x))
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.head(features)
+        logits: torch.Tensor = self.head(features)
+        return logits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))

@@ -129,7 +129,8 @@ def load_optimizer(path: Path, opt: torch.optim.Optimizer) -> dict[str, Any]:
             idx, name = key.split(".", 1)
             state.setdefault(int(idx), {})[name] = f.get_tensor(key)
     opt.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
-    return json.loads(meta["run"])
+    run: dict[str, Any] = json.loads(meta["run"])
+    return run
 
 
 def save_model(path: Path, model: USQNet, cfg: TrainConfig, info: dict[str, Any]) -> None:

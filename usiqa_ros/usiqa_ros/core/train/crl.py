@@ -171,7 +171,7 @@ def train_crl(cfg: TrainConfig) -> tuple[USQNet, dict[str, Any]]:
             _, score = expected_score(ddp_model(views))  # one forward for all views: DDP-friendly
             loss, parts_ = crl_loss(score[:b], score[b : 2 * b], score[2 * b :], s.to(device), cfg)
             opt.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
+            loss.backward()
             opt.step()
             for k, v in {"loss": loss.item(), **parts_}.items():
                 sums[k] = sums.get(k, 0.0) + v * b

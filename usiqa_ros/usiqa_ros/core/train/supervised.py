@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Iterator, Sized
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -63,7 +64,7 @@ class BalancedSampler(Sampler[int]):
     def __len__(self) -> int:
         return self.num
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(self.seed * 1000003 + self.epoch)
         idx = torch.multinomial(self.weights, self.num * self.world, replacement=True, generator=g)
         return iter(idx[self.rank :: self.world].tolist())
@@ -80,10 +81,15 @@ def grade_loss(logits: torch.Tensor, y: torch.Tensor, cfg: TrainConfig) -> torch
     return loss
 
 
-def make_datasets(cfg: TrainConfig, model: USQNet, out: Path | None) -> tuple[Dataset, Dataset, dict[str, Any]]:
+GradedData = Dataset[tuple[torch.Tensor, int]]
+
+
+def make_datasets(cfg: TrainConfig, model: USQNet, out: Path | None) -> tuple[GradedData, GradedData, dict[str, Any]]:
     items = load_items(cfg)
     parts = split_items(cfg, items, out)
     pre = PreprocessConfig(input_size=model.config.input_size)
+    train: GradedData
+    val: GradedData
     if cfg.synthetic:
         syn = SyntheticConfig(
             samples_per_epoch=cfg.samples_per_epoch, augment=cfg.augment, work_size=2 * pre.input_size
@@ -99,7 +105,7 @@ def make_datasets(cfg: TrainConfig, model: USQNet, out: Path | None) -> tuple[Da
 
 
 @torch.inference_mode()
-def evaluate_loader(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+def evaluate_loader(model: torch.nn.Module, loader: DataLoader[Any], device: torch.device) -> tuple[np.ndarray, np.ndarray]:
     """(logits N x G, grade index N) over a loader, model in eval mode."""
     model.eval()
     logits, ys = [], []
@@ -126,7 +132,7 @@ def train_supervised(cfg: TrainConfig) -> tuple[USQNet, dict[str, Any]]:
         sampler: Sampler[int] = BalancedSampler(train_ds.grades(), cfg.seed, dd.rank, dd.world)
     else:
         sampler = DistributedSampler(train_ds, dd.world, dd.rank, shuffle=True, seed=cfg.seed, drop_last=True)
-    bs = max(1, min(cfg.batch_size, len(sampler)))
+    bs = max(1, min(cfg.batch_size, len(cast(Sized, sampler))))  # both samplers have a length
     loader = DataLoader(train_ds, bs, sampler=sampler, num_workers=cfg.num_workers, drop_last=True)
     val_loader = DataLoader(val_ds, 64, shuffle=False, num_workers=cfg.num_workers)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
