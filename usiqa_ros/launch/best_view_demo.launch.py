@@ -1,6 +1,7 @@
 """Closed-loop best-view demo of a ROS install: probe_sim sweeps the phantom, iqa_node scores every frame, and
-best_view_client runs one search over one sweep and prints the result; launch then ends (exit code 0 when the
-search ended with REACHED_TARGET or TIMEOUT, non-zero otherwise). `make demo-best-view` adds the ground truth.
+best_view_client runs one search over one sweep, prints the result, sends the probe back to the best view's pose
+(TF) and prints the score there; launch then ends (exit code 0 when the search ended with REACHED_TARGET or
+TIMEOUT and the probe got back, non-zero otherwise). `make demo-best-view` adds the ground truth.
 
     ros2 launch usiqa_ros best_view_demo.launch.py [period:=12.0] [rate:=15.0] [target:=0.0] [namespace:=bv]
 
@@ -37,7 +38,18 @@ def generate_launch_description() -> LaunchDescription:
         package="usiqa_ros",
         executable="best_view_client",
         # the search lasts one sweep; the server appears once the node has loaded its model
-        arguments=["--timeout", period, "--target", LaunchConfiguration("target"), "--server-timeout", "300"],
+        # then it sends the simulated probe back to best_pose (TF: probe_sim broadcasts world -> probe) and prints
+        # the score there next to the best score
+        arguments=[
+            "--timeout",
+            period,
+            "--target",
+            LaunchConfiguration("target"),
+            "--server-timeout",
+            "300",
+            "--return-to",
+            "probe_pose",
+        ],  # fmt: skip
         output="screen",
     )
     sim_params = {
@@ -57,7 +69,7 @@ def generate_launch_description() -> LaunchDescription:
                     PushRosNamespace(LaunchConfiguration("namespace")),
                     IncludeLaunchDescription(
                         PythonLaunchDescriptionSource(iqa),
-                        launch_arguments={"namespace": "", "best_view": "true"}.items(),
+                        launch_arguments={"namespace": "", "best_view": "true", "pose_frame": "world"}.items(),
                     ),
                     Node(package="usiqa_ros", executable="probe_sim", parameters=[sim_params], output="screen"),
                     client,

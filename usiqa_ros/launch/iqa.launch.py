@@ -3,9 +3,9 @@
     ros2 launch usiqa_ros iqa.launch.py image_topic:=/us/image device:=cuda namespace:=probe
     ros2 launch usiqa_ros iqa.launch.py params_file:=my.yaml          # my.yaml's model_path and device are used
 
-Arguments: namespace, params_file (default: the package's config/iqa.yaml), and four overrides that are applied
-on top of the params file only when given (empty = keep the file's value): image_topic, model_path, device,
-best_view (true | false: offer the best-view action). `ros2 launch usiqa_ros iqa.launch.py --show-args` lists them.
+Arguments: namespace, params_file (default: the package's config/iqa.yaml), and overrides that are applied on
+top of the params file only when given (empty = keep the file's value): image_topic, model_path, device,
+best_view (true | false: offer the best-view action), pose_frame (TF frame of the best view's pose). `ros2 launch usiqa_ros iqa.launch.py --show-args` lists them.
 
 If iqa_node exits with an error (e.g. its model fails to load at configure), launch shuts down and exits non-zero;
 the node's own message is the last error it printed above.
@@ -28,6 +28,7 @@ OVERRIDES = {
     "model_path": ("model_path", "Checkpoint (.safetensors); empty = the params file's (default: the bundled model)"),
     "device": ("device", "auto | cpu | cuda | cuda:N; empty = the params file's (default: auto)"),
     "best_view": ("best_view.enabled", "true | false: offer the BestViewSearch action; empty = the params file's"),
+    "pose_frame": ("pose_frame", "TF frame of the best view's pose (e.g. world); empty = the params file's (no poses)"),
 }
 BOOLEANS = {"true": True, "false": False}
 
