@@ -14,7 +14,7 @@ training feed the same [0, 1] tensor and the checkpoint's architecture records t
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import timm
 import torch
@@ -103,7 +103,8 @@ class USQNet(nn.Module):
         self.config = config = config or USQNetConfig()
         if config.input_std <= 0:
             raise ValueError(f"input_std must be > 0, got {config.input_std}")
-        self.backbone: Any = timm.create_model(config.backbone, pretrained=False, num_classes=0, global_pool="")
+        # Any: feature_info, num_features and forward_features are timm's API, unknown to nn.Module's type
+        self.backbone: Any = cast(Any, timm.create_model(config.backbone, pretrained=False, num_classes=0, global_pool=""))
         stage_names = ["layer1", "layer2", "layer3", "layer4"]
         if config.local_attention:
             if not all(hasattr(self.backbone, n) for n in stage_names):
@@ -132,7 +133,8 @@ class USQNet(nn.Module):
         cfg = self.config
         if cfg.input_mean != 0.0 or cfg.input_std != 1.0:
             x = (x - cfg.input_mean) / cfg.input_std
-        return self.global_pool(self.backbone.forward_features(x))
+        features: torch.Tensor = self.global_pool(self.backbone.forward_features(x))
+        return features
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         logits: torch.Tensor = self.head(features)

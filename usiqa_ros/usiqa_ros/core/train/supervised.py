@@ -105,7 +105,9 @@ def make_datasets(cfg: TrainConfig, model: USQNet, out: Path | None) -> tuple[Gr
 
 
 @torch.inference_mode()
-def evaluate_loader(model: torch.nn.Module, loader: DataLoader[Any], device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+def evaluate_loader(
+    model: torch.nn.Module, loader: DataLoader[Any], device: torch.device
+) -> tuple[np.ndarray, np.ndarray]:
     """(logits N x G, grade index N) over a loader, model in eval mode."""
     model.eval()
     logits, ys = [], []
