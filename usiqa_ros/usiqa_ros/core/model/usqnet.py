@@ -104,7 +104,8 @@ class USQNet(nn.Module):
         if config.input_std <= 0:
             raise ValueError(f"input_std must be > 0, got {config.input_std}")
         # Any: feature_info, num_features and forward_features are timm's API, unknown to nn.Module's type
-        self.backbone: Any = cast(Any, timm.create_model(config.backbone, pretrained=False, num_classes=0, global_pool=""))
+        backbone = timm.create_model(config.backbone, pretrained=False, num_classes=0, global_pool="")
+        self.backbone: Any = cast(Any, backbone)
         stage_names = ["layer1", "layer2", "layer3", "layer4"]
         if config.local_attention:
             if not all(hasattr(self.backbone, n) for n in stage_names):
