@@ -25,7 +25,7 @@ def test_round_trip_gives_identical_outputs(tmp_path, lite):
     with torch.inference_mode():
         assert torch.equal(loaded.model(x), lite(x))
     meta = read_metadata(path)
-    assert meta["architecture"]["backbone"] == "resnet18" and meta["training"]["note"] == "test"
+    assert meta["architecture"]["backbone"] == "tf_efficientnet_lite0" and meta["training"]["note"] == "test"
     assert loaded.model_id.startswith("m@") and len(loaded.model_id) == len("m@") + 8
 
 
