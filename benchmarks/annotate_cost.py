@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         "640x480 mono8": cv2.resize(gray, (640, 480)),
         "1920x1080 bgr8": cv2.cvtColor(cv2.resize(gray, (1920, 1080)), cv2.COLOR_GRAY2BGR),
     }
-    engine = Engine(EngineConfig(device="cpu"))
+    engine = Engine(EngineConfig(device="cpu", backend="auto"))  # as the node (auto = ONNX Runtime on a CPU)
     rows = {}
     load_start = round(os.getloadavg()[0], 2)
     for name, frame in frames.items():

@@ -33,11 +33,14 @@ def to_bgr8(frame: np.ndarray) -> np.ndarray:
         f = np.nan_to_num(img.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
         lo, hi = float(f.min()), float(f.max())
         img = ((f - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(f)).astype(np.uint8)
+    out: np.ndarray
     if img.ndim == 2 or img.shape[2] == 1:
-        return cv2.cvtColor(img.reshape(img.shape[0], img.shape[1]), cv2.COLOR_GRAY2BGR)
-    if img.shape[2] == 4:
-        return cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
-    return img.copy()  # never draw on the input (it may be a read-only view of the message)
+        out = cv2.cvtColor(img.reshape(img.shape[0], img.shape[1]), cv2.COLOR_GRAY2BGR)
+    elif img.shape[2] == 4:
+        out = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
+    else:
+        out = img.copy()  # never draw on the input (it may be a read-only view of the message)
+    return out
 
 
 def annotate(frame: np.ndarray, score: float, grade: int) -> np.ndarray:
