@@ -223,7 +223,7 @@ def system(ws, params_file):
     )  # fmt: skip
     pub.wait_for(r"streaming \d+ frames")
     yield launch, pub
-    pub.interrupt()
+    pub.interrupt(group=True)
     launch.interrupt()
 
 
@@ -307,7 +307,7 @@ def test_action_send_goal(ws, system):
 def test_ctrl_c_clean_exit(ws, system):
     """Last user of the shared system: Ctrl-C (SIGINT to launch) stops the node cleanly, launch exits 0."""
     launch, pub = system
-    pub.interrupt()
+    pub.interrupt(group=True)  # `ros2 run` relies on the terminal's Ctrl-C reaching its child too (process group)
     assert pub.finish() == 0, pub.tail()
     launch.interrupt()
     rc = launch.finish()
