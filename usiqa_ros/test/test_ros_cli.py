@@ -52,6 +52,12 @@ def _require_underlay() -> None:
     )
 
 
+def _default_sigint() -> None:
+    """In the child: SIGINT acts as Ctrl-C even when pytest was started with it ignored (a background job of a
+    non-interactive shell inherits SIG_IGN, and Python and launch then keep ignoring it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Proc:
     """A background command (own process group), its output in a file, with waits on that output."""
 
@@ -60,8 +66,9 @@ class Proc:
         self.log_path = logdir / f"{name}.log"
         self._log = self.log_path.open("w")
         self.proc = subprocess.Popen(
-            cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-        )
+            cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, preexec_fn=_default_sigint,
+        )  # fmt: skip
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
