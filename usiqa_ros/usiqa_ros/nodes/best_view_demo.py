@@ -242,7 +242,7 @@ def _report(rec: Recorder, result, started_ns: int, ended_ns: int) -> tuple[int,
 
     with rec.lock:
         truth, poses, scores, parts = dict(rec.truth), dict(rec.poses), dict(rec.scores), dict(rec.parts)
-    figures: dict[str, Any] = {"outcome": OUTCOME_NAMES.get(result.outcome)}
+    figures: dict[str, Any] = {"outcome": OUTCOME_NAMES.get(result.outcome), "model_id": result.best.model_id}
     if not result.best.grade:
         print(f"[demo] no best frame ({OUTCOME_NAMES.get(result.outcome)})")
         return 1, figures
