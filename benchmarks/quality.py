@@ -163,10 +163,14 @@ def run_lofo(args, eval_inputs: list[dict[str, np.ndarray]], keys: list[str], wo
         from safetensors.torch import save_file
 
         feats = trunk_feats(base, [eval_inputs[i][k] for i, k in flat], frozen)
-        save_file({"feats": feats}, str(feats_path))
+        if not args.lofo_part or args.lofo_part.startswith("0/"):
+            save_file({"feats": feats}, str(feats_path))
     runs = {"in_distribution": ()} | {f"without_{f}": (f,) for f in FAMILIES}
     if args.pretrained and Path(args.pretrained).exists():
         runs["in_distribution_uscl_init"] = ()
+    if args.lofo_part:  # "k/n": this process trains every n-th run from the k-th (parallel workers)
+        k, n = (int(v) for v in args.lofo_part.split("/"))
+        runs = {name: ex for i, (name, ex) in enumerate(runs.items()) if i % n == k}
     results: dict = {}
     for name, exclude in runs.items():
         path = work / f"run_{name}.json"
@@ -175,7 +179,7 @@ def run_lofo(args, eval_inputs: list[dict[str, np.ndarray]], keys: list[str], wo
             continue
         init = args.pretrained if name.endswith("uscl_init") else ""
         model, _ = start_model("usqnet_lite", init)
-        cfg = TopTrainConfig(steps=args.lofo_steps, units_per_step=12, lr=1e-3, seed=1, exclude=exclude)
+        cfg = TopTrainConfig(steps=args.lofo_steps, units_per_step=args.lofo_units, lr=1e-3, seed=1, exclude=exclude)
         summary = train_top(model, cache, frozen, cfg, log=lambda m: None)
         s = scores_from_feats(model, feats, frozen)
         per = {k: np.full(len(eval_inputs), np.nan) for k in keys}
@@ -187,7 +191,13 @@ def run_lofo(args, eval_inputs: list[dict[str, np.ndarray]], keys: list[str], wo
         path.write_text(json.dumps(res, indent=1))
         log(f"{name}: min {res['families_min']:.3f} mean {res['families_mean']:.3f} ({summary['seconds']} s)")
         results[name] = res
-    return {"start": start, "steps": args.lofo_steps, "units_per_step": 12, "frozen_blocks": frozen, "runs": results}
+    return {
+        "start": start,
+        "steps": args.lofo_steps,
+        "units_per_step": args.lofo_units,
+        "frozen_blocks": frozen,
+        "runs": results,
+    }
 
 
 def markdown(res: dict) -> str:
@@ -245,11 +255,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--train-work", default="runs/default_model", help="cache of scripts/train_default_model.py")
     ap.add_argument("--units", type=int, default=3000)
     ap.add_argument("--shards", type=int, default=2)
-    ap.add_argument("--lofo-steps", type=int, default=150)
+    ap.add_argument("--lofo-steps", type=int, default=100)
+    ap.add_argument("--lofo-units", type=int, default=8, help="units (4 images each) per step of the short runs")
+    ap.add_argument("--lofo-part", default="", help="k/n: only train every n-th short run from the k-th, then exit")
     ap.add_argument("--skip-lofo", action="store_true")
     ap.add_argument("--skip-baselines", action="store_true")
     ap.add_argument("--pretrained", default="runs/pretrain/pretrain.safetensors")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--reuse", default="", help="an earlier quality JSON of the same model: reuse its bundled/hip part")
     ap.add_argument("--max-frames", type=int, default=0, help="evaluate every k-th frame to keep this many (slow models)")
     ap.add_argument("--out-json", default=str(OUT_JSON))
     args = ap.parse_args(argv)
@@ -270,8 +283,19 @@ def main(argv: list[str] | None = None) -> None:
     frames = [load_gray(r.path) for r in eval_rows]
     all_variants = [variants(f, args.seed, i) for i, f in enumerate(frames)]
     keys = ["clean", *FAMILIES, *CONSISTENCY, *DARK]
+    if args.lofo_part:
+        pre = PreprocessConfig(input_size=160)
+        eval_inputs = [{k: preprocess_frame(v, pre) for k, v in vs.items()} for vs in all_variants]
+        run_lofo(args, eval_inputs, keys, work, log)
+        return
     engine = Engine(EngineConfig(model_path=args.model, backend="eager", num_threads=1, warmup_iterations=1))
     t0 = time.monotonic()
+    earlier = json.loads(Path(args.reuse).read_text()) if args.reuse else {}
+    if earlier.get("model_id") == engine.model_id and earlier.get("n_eval_frames") == len(eval_rows):
+        res = {k: earlier[k] for k in ("model_id", "n_eval_frames", "eval_sources", "severity", "bundled", "hip")}
+        res["command"] = "python -m benchmarks.quality " + " ".join(argv if argv is not None else sys.argv[1:])
+        res["bundled_from"] = args.reuse
+        return finish(args, res, work, all_variants, keys, engine, log)
     bundled_scores = score_all(lambda xs: [s.score for s in engine.score(xs)], all_variants, keys)
     res: dict = {
         "command": "python -m benchmarks.quality " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -298,6 +322,11 @@ def main(argv: list[str] | None = None) -> None:
     log(f"bundled model scored in {time.monotonic() - t0:.0f} s: min {res['bundled']['families_min']:.3f}")
     res["hip"] = hip_checks(engine, eval_rows, args.seed) if sum(r.source == "hip" for r in eval_rows) >= 10 else {}
     log(f"hip: {res['hip']}")
+    return finish(args, res, work, all_variants, keys, engine, log)
+
+
+def finish(args, res: dict, work: Path, all_variants, keys: list[str], engine: Engine, log) -> None:
+    """Baselines, short runs, acceptance, files."""
     res["baselines"] = {}
     if not args.skip_baselines:
         for name, fn in available_baselines().items():
