@@ -97,11 +97,6 @@ def weak_view_consistency(scores: Values, weak_scores: Values) -> float:
     return mae(scores, weak_scores)
 
 
-def grade_to_score(grades: Sequence[int] | np.ndarray, num_grades: int = 5) -> np.ndarray:
-    """Grade 1..G -> [0, 1], the scale of `expected_score`."""
-    return (np.asarray(grades, float) - 1) / (num_grades - 1)
-
-
 def classification_report(
     y_true: Sequence[int], y_pred: Sequence[int], scores: Values | None = None, num_grades: int = 5
 ) -> dict[str, Any]:

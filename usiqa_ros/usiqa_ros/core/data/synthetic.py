@@ -30,17 +30,6 @@ SEVERITY_BANDS: dict[int, tuple[float, float]] = {
 }
 
 
-def grade_for_severity(severity: float) -> int:
-    """The grade a severity falls in (0 -> 5; bands are half-open, 1.0 -> 1)."""
-    if severity <= 0.0:
-        return 5
-    for g in (4, 3, 2):
-        lo, hi = SEVERITY_BANDS[g]
-        if severity < hi:
-            return g
-    return 1
-
-
 def sample_severity(grade: int, rng: np.random.Generator) -> float:
     if grade == 5:
         return 0.0
