@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--train-work", default="runs/default_model", help="cache of scripts/train_default_model.py")
     ap.add_argument("--units", type=int, default=3000)
     ap.add_argument("--shards", type=int, default=2)
-    ap.add_argument("--lofo-steps", type=int, default=100)
+    ap.add_argument("--lofo-steps", type=int, default=80)
     ap.add_argument("--lofo-units", type=int, default=8, help="units (4 images each) per step of the short runs")
     ap.add_argument("--lofo-part", default="", help="k/n: only train every n-th short run from the k-th, then exit")
     ap.add_argument("--skip-lofo", action="store_true")
