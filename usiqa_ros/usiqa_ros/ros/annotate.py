@@ -69,16 +69,22 @@ class DebugImage:
     """The node's optional annotated-image publisher, fed by its score listener (worker thread)."""
 
     def __init__(self, node: Any) -> None:
+        """Created with the node's attributes, before its parameters are declared (nothing is read here)."""
         self._node = node
         self._pub: Any = None
-        self.enabled = bool(node.get_parameter("debug_image").value)
+        self._listening = False
         self.published = 0
-        if self.enabled:
-            node.add_score_listener(self._on_score)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._node.get_parameter("debug_image").value)
 
     def start(self, quality_topic: str) -> None:
         """On activate: <quality_topic>/image, reliable depth 1 (matches reliable and best-effort viewers)."""
-        if self.enabled and self._pub is None:
+        if self._pub is None and self.enabled:
+            if not self._listening:
+                self._node.add_score_listener(self._on_score)
+                self._listening = True
             qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
             self._pub = self._node.create_publisher(Image, f"{quality_topic}/image", qos)
 

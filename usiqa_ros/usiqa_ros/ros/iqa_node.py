@@ -104,11 +104,11 @@ class IqaNode(LifecycleNode):
         self.aux_group = ReentrantCallbackGroup()  # actions, timers, services added by other modules
         self._best_view: BestViewServer | None = None
         self._best_view_config = BestViewConfig(enabled=False)
+        self.debug_image = DebugImage(self)  # quality/image when debug_image is true (ros/annotate.py)
         # After the attributes: a bad parameter raises here, and destroy_node (rclpy calls it at shutdown) still works.
         self._declare_parameters()
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.diagnostics = IqaDiagnostics(self, self.health, self.aux_group)  # /diagnostics at 1 Hz
-        self.debug_image = DebugImage(self)  # quality/image when debug_image is true (ros/annotate.py)
         # Reference views (teach the target): replaced whole (copy on write), so the worker reads one set per frame.
         self.references: ReferenceSet | None = None
         self._ref_lock = threading.Lock()  # serialises capture / clear / save
