@@ -38,6 +38,15 @@ from usiqa_ros.core.train.pretrain import nt_xent
 FROZEN = 5
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on a loaded 2-core machine OpenMP contention makes two threads several times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _tiny() -> torch.nn.Module:
     torch.manual_seed(0)
     cfg = usqnet_lite_config().to_dict() | {"input_size": 64, "global_dim": 16, "head_hidden": 16}
