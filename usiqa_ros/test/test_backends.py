@@ -35,12 +35,29 @@ def _restore_torch_threads():
 
 @pytest.fixture(scope="module")
 def frames():
-    """20 real frames: the bundled sample clip (no dev data needed)."""
+    """20 real frames of the bundled sample clip (no dev data needed), made as different from one another as dev
+    frames from many scans are (gain, blur, flips, crops, noise): calibrated_checkpoint scales the logits by their
+    spread across these frames, and 20 near-identical frames would make that scale, and bf16 errors, huge."""
     import cv2
 
     files = sorted((PKG / "usiqa_ros" / "sample_frames").glob("*.png"))[::2][:20]
     assert len(files) == 20
-    return [cv2.imread(str(f), cv2.IMREAD_UNCHANGED) for f in files]
+    rng = np.random.default_rng(0)
+    out = []
+    for i, f in enumerate(files):
+        img = cv2.imread(str(f), cv2.IMREAD_GRAYSCALE)
+        h, w = img.shape
+        img = cv2.convertScaleAbs(img, alpha=0.4 + 0.08 * i)  # gain 0.4 .. 1.9
+        if i % 3 == 1:
+            img = cv2.GaussianBlur(img, (0, 0), 1 + i / 4)
+        if i % 4 == 2:
+            img = cv2.flip(img, 1)
+        if i % 5 == 3:
+            img = cv2.resize(img[h // 4 :, w // 6 : w - w // 6], (w, h))
+        if i % 2:
+            img = np.clip(img + rng.normal(0, 4 + i, img.shape), 0, 255).astype(np.uint8)
+        out.append(img)
+    return out
 
 
 @pytest.fixture(scope="module")
