@@ -63,7 +63,7 @@ def test_launch_file_compiles_and_arguments_match_node(ros):
             overrides = {k.value: v.elts[0].value for k, v in zip(node.value.keys, node.value.values, strict=True)}
     declared = _node_parameters(ros)
     assert set(overrides.values()) <= set(declared), f"overrides of unknown parameters: {overrides}"
-    assert {"image_topic", "model_path", "device", "best_view"} == set(overrides)
+    assert {"image_topic", "model_path", "device", "best_view", "pose_frame"} == set(overrides)
     assert {"namespace", "params_file"} <= names
 
 
