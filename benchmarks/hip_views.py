@@ -7,7 +7,7 @@ label; the reference views are the standard planes of the training fold (embedde
 as the node captures them); the other fold is scored. AUC of standard vs substandard for:
   artifact_score  without references (today's score)
   view_score      likeness to the references (CRL-UIQA top-k rule, calibrated on their leave-one-out distances)
-  score           the node's combination with references (artifact_score x view_score)
+  score           the node's combination with references (core.references.combine)
 Issue-11 target: AUC with references >= 0.85.
 """
 

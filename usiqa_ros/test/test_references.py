@@ -70,7 +70,10 @@ def test_calibration_leaves_out_the_whole_capture_group():
 
 def test_combine_rule():
     assert R.combine(0.7, float("nan")) == pytest.approx(0.7)
-    assert R.combine(0.7, 0.5) == pytest.approx(0.35)
+    assert R.combine(0.7, 0.5) == pytest.approx(0.5)  # good enough: the view decides
+    assert R.combine(0.9, 0.5) == R.combine(0.5, 0.5)  # no reordering of acceptable frames by artefact score
+    assert R.combine(0.3, 0.5) == pytest.approx(0.5)  # FAIR or better keeps the view score
+    assert R.combine(0.1, 0.5) == pytest.approx(0.2)  # a POOR frame loses its view score proportionally
 
 
 def test_save_load_round_trip_with_metadata(tmp_path):

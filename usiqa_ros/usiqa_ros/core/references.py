@@ -336,9 +336,17 @@ def load_references(
     return ReferenceSet(model_id, emb, [m for _, m in items], top_k)
 
 
+# With references, artefacts veto the view instead of multiplying it: frames whose expected grade is FAIR or
+# better (artifact_score >= 0.25) keep their full view score; POOR frames lose it proportionally. A plain product
+# let artifact_score (trained on artefacts, blind to the plane) reorder views of acceptable quality: on the hip dev
+# set it took standard-vs-substandard AUC from 0.72 (view alone) to 0.46 (benchmarks/hip_views.py); real hip
+# frames score 0.28-0.70 there, so a veto at GOOD (0.5) would still have penalised most of them.
+ARTIFACT_VETO = 0.25
+
+
 def combine(artifact_score: float, view_score: float) -> float:
-    """QualityScore.score: artifact_score alone without references (view NaN), else their product (both must be
-    high; documented in QualityScore.msg)."""
+    """QualityScore.score (documented in QualityScore.msg): artifact_score alone without references (view NaN),
+    else view_score * min(1, artifact_score / ARTIFACT_VETO)."""
     if math.isnan(view_score):
         return float(artifact_score)
-    return float(artifact_score) * float(view_score)
+    return float(view_score) * min(1.0, float(artifact_score) / ARTIFACT_VETO)

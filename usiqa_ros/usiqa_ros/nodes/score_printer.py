@@ -18,7 +18,7 @@ def format_score(msg: QualityScore) -> str:
     stamp = Time.from_msg(msg.header.stamp).nanoseconds * 1e-9
     latency_ms = Duration.from_msg(msg.latency).nanoseconds * 1e-6
     bar = "#" * round(msg.score * 20)
-    # With reference views: the two parts of the score (artifact x view); without, view_score is NaN.
+    # With reference views: the two parts of the score (artifact and view; score = combine(...)); without, view_score is NaN.
     parts = "" if math.isnan(msg.view_score) else f" (artifact {msg.artifact_score:.3f} x view {msg.view_score:.3f})"
     return (
         f"t={stamp:.3f} {msg.header.frame_id:<14} grade {msg.grade} ({grade_name(msg.grade):<9}) "

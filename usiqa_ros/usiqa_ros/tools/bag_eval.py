@@ -218,7 +218,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--batch", type=int, default=16, help="frames per inference batch")
     ap.add_argument(
         "--references",
-        help="reference views (saved set, folder of frames or rosbag2) -> view_score, score = artifact x view",
+        help="reference views (saved set, folder of frames or rosbag2) -> view_score, score = core.references.combine(artifact, view)",
     )
     ap.add_argument("--thumbs", type=int, default=4, help="thumbnails of best and of worst moments")
     ap.add_argument("--no-bag", action="store_true", help="do not write scores_bag/")

@@ -291,7 +291,7 @@ def timeline_png(s: BagScores, path: Path, labels: dict[int, int] | None, binary
         ax.text(
             1.005, (lo + hi) / 2, f"{g} {GRADE_NAMES[g]}", transform=ax.get_yaxis_transform(), va="center", fontsize=8
         )
-    ax.plot(t, y, "-", color="#2b2b2b", lw=1.0, label="score" if not s.references else "score (artifact x view)")
+    ax.plot(t, y, "-", color="#2b2b2b", lw=1.0, label="score" if not s.references else "score (view, artefact veto)")
     if s.references:
         ax.plot(t, [f.artifact_score for f in scored], "-", color="#2060b0", lw=0.7, alpha=0.7, label="artifact_score")
         ax.plot(t, [f.view_score for f in scored], "-", color="#c06000", lw=0.7, alpha=0.7, label="view_score")
