@@ -62,6 +62,7 @@ def ground_truth_msg(quality: float) -> QualityScore:
     """The ground truth as a QualityScore, so the same tools read model scores and truth."""
     grade = 1 + min(4, max(0, round(quality * 4)))
     msg = QualityScore(score=float(quality), grade=grade, model_id=GROUND_TRUTH_MODEL_ID)
+    msg.artifact_score, msg.view_score = float(quality), float("nan")  # the truth is one number: no references
     msg.probabilities = [1.0 if k == grade - 1 else 0.0 for k in range(5)]
     return msg
 
