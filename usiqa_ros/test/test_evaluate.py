@@ -12,7 +12,7 @@ import torch
 
 from usiqa_ros.core import baselines
 from usiqa_ros.core.checkpoint import DEFAULT_CHECKPOINT, save_checkpoint
-from usiqa_ros.core.data.degrade import degrade
+from usiqa_ros.core.data.degrade import DEGRADATIONS, degrade
 from usiqa_ros.core.data.synthetic import load_gray
 from usiqa_ros.core.evaluate import main as eval_main
 from usiqa_ros.core.model import USQNet, USQNetConfig
@@ -98,9 +98,9 @@ def test_eval_pairs_on_held_out_dev_groups(real_us: Path, tmp_path: Path) -> Non
     assert rc == 0
     m = json.loads((out / "metrics.json").read_text())
     pa = m["pairwise_accuracy"]
-    assert set(pa) == {"model", "confidence", "tenengrad"} and len(pa["model"]) == 9  # 8 kinds + mean
+    assert set(pa) == {"model", "confidence", "tenengrad"} and len(pa["model"]) == len(DEGRADATIONS) + 1  # + mean
     assert all(0 <= v <= 1 for r in pa.values() for v in r.values())
     assert m["weak_view_consistency"] >= 0 and len(m["clean_scores"]) == 3
-    assert "| blur |" in (out / "summary.md").read_text()
+    assert "| defocus_blur |" in (out / "summary.md").read_text()
     with pytest.raises(SystemExit):
         eval_main(["--out", str(out)])

@@ -31,7 +31,7 @@ Families (what each models):
 
 Depth attenuation, the Gaussian shadow and the near-field haze follow the formulas of `usaugment` (Ostvik et
 al. 2021; Smistad et al. 2018); the rest is written here. `degrade` also accepts the kind names of the first
-version (blur, gain, depth_attenuation, haze_reverberation, speckle_noise, cutoff) as aliases.
+version (blur, gain, depth_attenuation, haze_reverberation, speckle_noise, cutoff).
 """
 
 from __future__ import annotations
@@ -230,6 +230,15 @@ def defocus_blur(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndar
     return np.clip(blurred, 0, 1)
 
 
+def blur(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
+    """Uniform defocus, wider laterally than axially: the kind `blur` of the first version, kept deterministic in
+    strength (CRL's strong view of known degree, tests) where `defocus_blur` varies its mechanism."""
+    h, w = img.shape
+    sx = (0.003 + 0.03 * s) * w * rng.uniform(0.85, 1.15)
+    sy = sx * rng.uniform(0.4, 0.8)
+    return np.clip(cv2.GaussianBlur(img, (0, 0), sigmaX=sx, sigmaY=sy), 0, 1)
+
+
 def motion_blur(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
     h, w = img.shape
     length = max(2.0, (0.01 + 0.07 * s) * w * rng.uniform(0.8, 1.2))
@@ -270,10 +279,9 @@ def tgc(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
     h, w = img.shape
     x, y = _grid(h, w)
     mode = rng.choice(["attenuation", "band", "curve"], p=[0.45, 0.3, 0.25])
-    if mode == "attenuation":  # Ostvik et al. 2021: gain falls with distance from the probe
-        dist = np.sqrt((x - rng.uniform(0.4, 0.6)) ** 2 + y**2)
-        gain = np.exp(-(0.5 + 5.0 * s) * rng.uniform(0.85, 1.15) * dist)
-    elif mode == "band":  # one TGC slider wrong: a depth band too dark or too bright
+    if mode == "attenuation":
+        return depth_attenuation(img, s, rng)
+    if mode == "band":  # one TGC slider wrong: a depth band too dark or too bright
         c, width = rng.uniform(0.2, 0.85), rng.uniform(0.08, 0.3)
         prof = np.exp(-((y - c) ** 2) / (2 * width**2))
         sign = -1 if rng.random() < 0.6 else 1
@@ -282,6 +290,16 @@ def tgc(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
         knots = rng.uniform(-1, 1, 5) * (0.3 + 0.9 * s)
         prof = np.interp(y[:, 0], np.linspace(0, 1, 5), knots).astype(np.float32)
         gain = np.broadcast_to(np.exp(prof)[:, None], (h, w))
+    return np.clip(img * gain, 0, 1).astype(np.float32)
+
+
+def depth_attenuation(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
+    """Too little gain with depth (Ostvik et al. 2021): intensity falls with distance from the probe. One of
+    the `tgc` mechanisms; also the kind `depth_attenuation` of the first version."""
+    h, w = img.shape
+    x, y = _grid(h, w)
+    dist = np.sqrt((x - rng.uniform(0.4, 0.6)) ** 2 + y**2)
+    gain = np.exp(-(0.5 + 5.0 * s) * rng.uniform(0.85, 1.15) * dist)
     return np.clip(img * gain, 0, 1).astype(np.float32)
 
 
@@ -417,13 +435,11 @@ FAMILIES: dict[str, Degradation] = {
 DEGRADATIONS: dict[str, Degradation] = FAMILIES
 # Kind names of the first version, still accepted by `degrade`.
 ALIASES: dict[str, str] = {
-    "blur": "defocus_blur",
     "gain": "gain_low",
-    "depth_attenuation": "tgc",
     "haze_reverberation": "haze",
     "speckle_noise": "speckle_correlated",
 }
-EXTRA: dict[str, Degradation] = {"cutoff": cutoff}
+EXTRA: dict[str, Degradation] = {"cutoff": cutoff, "depth_attenuation": depth_attenuation, "blur": blur}
 
 
 def severity_to_score(severity: float) -> float:
