@@ -92,6 +92,12 @@ def dark_region_mask(gray: np.ndarray, sector: np.ndarray | None = None, min_fra
     return keep.astype(np.float32)
 
 
+def _f32(x: np.ndarray) -> np.ndarray:
+    """float32 view/copy with a concrete type (numpy's stubs type np.clip results as Any)."""
+    out: np.ndarray = np.asarray(x, dtype=np.float32)
+    return out
+
+
 def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     """Normalised column (x) and row/depth (y) coordinates in [0, 1]."""
     x = np.linspace(0.0, 1.0, w, dtype=np.float32)[None, :]
@@ -141,7 +147,7 @@ def noise_uncorrelated(img: np.ndarray, s: float, rng: np.random.Generator) -> n
         _, y = _grid(h, w)
         add = add * (0.4 + 1.2 * y)
     out = img * (1 + mult_sigma * mult) + add_sigma * np.abs(add) * mask * rng.choice([1.0, 1.6])
-    return np.clip(img + (out - img) * mask, 0, 1)
+    return _f32(np.clip(img + (out - img) * mask, 0, 1))
 
 
 def speckle_correlated(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
@@ -155,7 +161,7 @@ def speckle_correlated(img: np.ndarray, s: float, rng: np.random.Generator) -> n
     if rng.random() < 0.6:
         add = np.abs(_noise(h, w, sx * 0.7, sy * 0.7, rng))
         out = out + (0.02 + 0.14 * s) * add * mask
-    return np.clip(img + (out - img) * mask, 0, 1)
+    return _f32(np.clip(img + (out - img) * mask, 0, 1))
 
 
 def haze(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
@@ -183,7 +189,7 @@ def haze(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
     if rng.random() < 0.4:  # haze also flattens contrast
         c = 0.25 * s * rng.random()
         out = (1 - c) * out + c * float(out[mask > 0].mean() if mask.any() else out.mean())
-    return np.clip(img + (out - img) * mask, 0, 1).astype(np.float32)
+    return _f32(np.clip(img + (out - img) * mask, 0, 1).astype(np.float32))
 
 
 def clutter(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
@@ -215,7 +221,7 @@ def clutter(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
         layer = np.roll(img, dx, axis=1)
     texture = np.clip(1 + 0.3 * _noise(h, w, 0.006 * w, 0.003 * w, rng), 0, 2)
     out = _screen(img, amp * layer * texture * mask)
-    return np.clip(out, 0, 1).astype(np.float32)
+    return _f32(np.clip(out, 0, 1).astype(np.float32))
 
 
 def defocus_blur(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
@@ -227,7 +233,7 @@ def defocus_blur(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndar
         _, y = _grid(h, w)
         wgt = np.clip(np.abs(y - rng.uniform(0.1, 0.6)) / rng.uniform(0.15, 0.4), 0, 1)
         blurred = img * (1 - wgt) + blurred * wgt
-    return np.clip(blurred, 0, 1)
+    return _f32(np.clip(blurred, 0, 1))
 
 
 def blur(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
@@ -236,7 +242,7 @@ def blur(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
     h, w = img.shape
     sx = (0.003 + 0.03 * s) * w * rng.uniform(0.85, 1.15)
     sy = sx * rng.uniform(0.4, 0.8)
-    return np.clip(cv2.GaussianBlur(img, (0, 0), sigmaX=sx, sigmaY=sy), 0, 1)
+    return _f32(np.clip(cv2.GaussianBlur(img, (0, 0), sigmaX=sx, sigmaY=sy), 0, 1))
 
 
 def motion_blur(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
@@ -250,20 +256,20 @@ def motion_blur(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarr
         dx = int(round(length * np.cos(np.radians(angle))))
         dy = int(round(length * np.sin(np.radians(angle))))
         shifted = np.roll(np.roll(img, dx, axis=1), dy, axis=0)
-        return np.clip(0.5 * img + 0.5 * shifted, 0, 1)
+        return _f32(np.clip(0.5 * img + 0.5 * shifted, 0, 1))
     k = int(np.ceil(length)) | 1
     kernel = np.zeros((k, k), np.float32)
     kernel[k // 2, :] = 1.0
     rot = cv2.getRotationMatrix2D((k / 2 - 0.5, k / 2 - 0.5), angle, 1.0)
     kernel = cv2.warpAffine(kernel, rot, (k, k))
     kernel /= max(float(kernel.sum()), 1e-6)
-    return np.clip(cv2.filter2D(img, -1, kernel, borderType=cv2.BORDER_REFLECT), 0, 1)
+    return _f32(np.clip(cv2.filter2D(img, -1, kernel, borderType=cv2.BORDER_REFLECT), 0, 1))
 
 
 def gain_low(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
     g = 1.0 - (0.25 + 0.65 * s) * rng.uniform(0.9, 1.1)
     gamma = 1.0 + rng.uniform(0.5, 2.0) * s
-    return np.clip(np.clip(img * max(g, 0.03), 0, 1) ** gamma, 0, 1).astype(np.float32)
+    return _f32(np.clip(np.clip(img * max(g, 0.03), 0, 1) ** gamma, 0, 1).astype(np.float32))
 
 
 def gain_high(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
@@ -272,7 +278,7 @@ def gain_high(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray
     floor = (0.03 + 0.2 * s) * rng.random()
     gamma = 1.0 / (1.0 + rng.uniform(0.0, 1.0) * s)
     out = np.clip(img * g, 0, 1) ** gamma + floor * mask
-    return np.clip(out, 0, 1).astype(np.float32)
+    return _f32(np.clip(out, 0, 1).astype(np.float32))
 
 
 def tgc(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
@@ -290,7 +296,7 @@ def tgc(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
         knots = rng.uniform(-1, 1, 5) * (0.3 + 0.9 * s)
         prof = np.interp(y[:, 0], np.linspace(0, 1, 5), knots).astype(np.float32)
         gain = np.broadcast_to(np.exp(prof)[:, None], (h, w))
-    return np.clip(img * gain, 0, 1).astype(np.float32)
+    return _f32(np.clip(img * gain, 0, 1).astype(np.float32))
 
 
 def depth_attenuation(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
@@ -300,7 +306,7 @@ def depth_attenuation(img: np.ndarray, s: float, rng: np.random.Generator) -> np
     x, y = _grid(h, w)
     dist = np.sqrt((x - rng.uniform(0.4, 0.6)) ** 2 + y**2)
     gain = np.exp(-(0.5 + 5.0 * s) * rng.uniform(0.85, 1.15) * dist)
-    return np.clip(img * gain, 0, 1).astype(np.float32)
+    return _f32(np.clip(img * gain, 0, 1).astype(np.float32))
 
 
 def contact_loss(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
@@ -333,7 +339,7 @@ def contact_loss(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndar
     ring = 0.5 + 0.5 * np.cos(2 * np.pi * y * rng.uniform(6, 14) + rng.uniform(0, 6.3))
     ring_down = rng.uniform(0.03, 0.12) * ring * np.exp(-rng.uniform(2, 6) * y) * mask
     out = img * (1 - lost) + lost * (img * residual + ring_down)
-    return np.clip(out, 0, 1).astype(np.float32)
+    return _f32(np.clip(out, 0, 1).astype(np.float32))
 
 
 def shadow(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
@@ -355,7 +361,7 @@ def shadow(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
         lateral = np.exp(-((x - xr) ** 2) / (2 * sx**2))
         below = np.clip((y - y0) / rng.uniform(0.01, 0.05), 0, 1)
         shade *= 1 - strength * lateral * below
-    return np.clip(img * shade, 0, 1)
+    return _f32(np.clip(img * shade, 0, 1))
 
 
 def compression(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
@@ -374,7 +380,7 @@ def compression(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarr
     if rng.random() < 0.4:  # grey-level quantisation (posterisation)
         levels = max(3, int(round(64 * (1 - s) ** 2)) + 3)
         out = np.round(out * (levels - 1)) / (levels - 1)
-    return np.clip(out, 0, 1).astype(np.float32)
+    return _f32(np.clip(out, 0, 1).astype(np.float32))
 
 
 def dropped_lines(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
@@ -394,7 +400,7 @@ def dropped_lines(img: np.ndarray, s: float, rng: np.random.Generator) -> np.nda
         lines = np.maximum(lines, (np.abs(x - xr) * w < width / 2 + 0.5).astype(np.float32))
     value = 0.0 if rng.random() < 0.7 else float(rng.uniform(0.3, 1.0))  # dead or stuck channel
     out = img * (1 - lines * mask) + value * lines * mask
-    return np.clip(out, 0, 1).astype(np.float32)
+    return _f32(np.clip(out, 0, 1).astype(np.float32))
 
 
 def cutoff(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
