@@ -52,7 +52,7 @@ def scan_mask(gray: np.ndarray, threshold: float = 0.04) -> np.ndarray:
     h, w = gray.shape
     k = max(3, (min(h, w) // 40) | 1)
     smooth = cv2.GaussianBlur(gray, (k, k), 0)
-    mask = (smooth > threshold).astype(np.uint8)
+    mask: np.ndarray = (smooth > threshold).astype(np.uint8)
     kc = max(3, (min(h, w) // 20) | 1)
     mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (kc, kc)))
     # Fill holes: anechoic regions inside the sector (a bladder, a chamber) belong to it.
@@ -80,7 +80,7 @@ def dark_region_mask(gray: np.ndarray, sector: np.ndarray | None = None, min_fra
     k = max(3, (min(h, w) // 25) | 1)
     smooth = cv2.GaussianBlur(gray, (k, k), 0)
     thr = min(0.2, float(np.percentile(smooth[inside], 25)) + 0.02)
-    dark = ((smooth < thr) & inside).astype(np.uint8)
+    dark: np.ndarray = ((smooth < thr) & inside).astype(np.uint8)
     ko = max(3, (min(h, w) // 30) | 1)
     dark = cv2.morphologyEx(dark, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (ko, ko)))
     n, labels, stats, _ = cv2.connectedComponentsWithStats(dark, connectivity=8)
@@ -107,10 +107,10 @@ def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _noise(h: int, w: int, sx: float, sy: float, rng: np.random.Generator) -> np.ndarray:
     """Zero-mean, unit-variance Gaussian noise smoothed over (sx, sy) pixels (lateral, axial)."""
-    n = rng.standard_normal((h, w)).astype(np.float32)
+    n: np.ndarray = rng.standard_normal((h, w)).astype(np.float32)
     if sx > 0.3 or sy > 0.3:
         n = cv2.GaussianBlur(n, (0, 0), sigmaX=max(sx, 0.3), sigmaY=max(sy, 0.3))
-        n /= max(float(n.std()), 1e-6)
+        n = n / max(float(n.std()), 1e-6)
     return n
 
 
@@ -120,7 +120,7 @@ def _soft(mask: np.ndarray, sigma_px: float) -> np.ndarray:
 
 def _screen(img: np.ndarray, layer: np.ndarray) -> np.ndarray:
     """Add incoherent energy as displayed: dark pixels rise most, bright ones saturate (1-(1-a)(1-b))."""
-    return 1.0 - (1.0 - img) * (1.0 - np.clip(layer, 0, 1))
+    return _f32(1.0 - (1.0 - img) * (1.0 - np.clip(layer, 0, 1)))
 
 
 def _blob_envelope(h: int, w: int, rng: np.random.Generator, n: int) -> np.ndarray:
@@ -142,7 +142,7 @@ def noise_uncorrelated(img: np.ndarray, s: float, rng: np.random.Generator) -> n
     mult = rng.standard_normal((h, w)).astype(np.float32)
     if rng.random() < 0.5:  # Rayleigh-like (envelope detection) instead of Gaussian
         mult = (rng.rayleigh(1.0, (h, w)).astype(np.float32) - 1.2533) / 0.6551
-    add = rng.standard_normal((h, w)).astype(np.float32)
+    add: np.ndarray = rng.standard_normal((h, w)).astype(np.float32)
     if rng.random() < 0.5:  # electronic noise grows with depth (TGC amplifies it)
         _, y = _grid(h, w)
         add = add * (0.4 + 1.2 * y)
@@ -197,7 +197,7 @@ def clutter(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
     mask = scan_mask(img)
     amp = (0.15 + 0.65 * s) * rng.uniform(0.85, 1.15)
     mode = rng.choice(["reverberation", "sidelobe", "ghost"], p=[0.4, 0.4, 0.2])
-    layer = np.zeros((h, w), np.float32)
+    layer: np.ndarray = np.zeros((h, w), np.float32)
     if mode == "reverberation":  # the near field repeated at multiples of its depth, each copy weaker
         band = max(2, int(h * rng.uniform(0.04, 0.14)))
         top = int(h * rng.uniform(0.0, 0.15))
@@ -258,11 +258,11 @@ def motion_blur(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarr
         shifted = np.roll(np.roll(img, dx, axis=1), dy, axis=0)
         return _f32(np.clip(0.5 * img + 0.5 * shifted, 0, 1))
     k = int(np.ceil(length)) | 1
-    kernel = np.zeros((k, k), np.float32)
+    kernel: np.ndarray = np.zeros((k, k), np.float32)
     kernel[k // 2, :] = 1.0
     rot = cv2.getRotationMatrix2D((k / 2 - 0.5, k / 2 - 0.5), angle, 1.0)
     kernel = cv2.warpAffine(kernel, rot, (k, k))
-    kernel /= max(float(kernel.sum()), 1e-6)
+    kernel = (kernel / max(float(kernel.sum()), 1e-6)).astype(np.float32)
     return _f32(np.clip(cv2.filter2D(img, -1, kernel, borderType=cv2.BORDER_REFLECT), 0, 1))
 
 
@@ -357,7 +357,7 @@ def shadow(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
         if fan:  # follow the ray from the apex through (cx, y0)
             xr = 0.5 + (cx - 0.5) * (y - apex) / (y0 - apex)
         else:
-            xr = cx
+            xr = np.full_like(y, cx)
         lateral = np.exp(-((x - xr) ** 2) / (2 * sx**2))
         below = np.clip((y - y0) / rng.uniform(0.01, 0.05), 0, 1)
         shade *= 1 - strength * lateral * below
@@ -470,5 +470,5 @@ def degrade(img: np.ndarray, kind: str, severity: float, rng: np.random.Generato
     if img.ndim != 2 or img.dtype != np.float32:
         raise ValueError(f"expected an H x W float32 frame, got shape {img.shape} dtype {img.dtype}")
     if severity == 0.0:
-        return img.copy()
+        return _f32(img.copy())
     return np.ascontiguousarray(fn(img, float(severity), rng), dtype=np.float32)

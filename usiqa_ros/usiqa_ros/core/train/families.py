@@ -105,7 +105,8 @@ def preserving_view(img: np.ndarray, cfg: UnitConfig, rng: np.random.Generator) 
     if kind == 0:
         return np.ascontiguousarray(img[:, ::-1])
     if kind == 1:
-        return np.clip(img * rng.choice([0.9, 1.1]) * rng.uniform(0.98, 1.02), 0, 1).astype(np.float32)
+        out: np.ndarray = np.clip(img * rng.choice([0.9, 1.1]) * rng.uniform(0.98, 1.02), 0, 1).astype(np.float32)
+        return out
     dx = int(rng.integers(cfg.shift_px[0], cfg.shift_px[1] + 1)) * int(rng.choice([-1, 1]))
     dy = int(rng.integers(0, cfg.shift_px[1] // 2 + 1)) * int(rng.choice([-1, 1]))
     return shift(img, dx, dy)
@@ -113,7 +114,7 @@ def preserving_view(img: np.ndarray, cfg: UnitConfig, rng: np.random.Generator) 
 
 def shift(img: np.ndarray, dx: int, dy: int) -> np.ndarray:
     """Translate by (dx, dy) pixels, vacated pixels black (what a probe moved slightly shows)."""
-    m = np.float32([[1, 0, dx], [0, 1, dy]])
+    m = np.array([[1, 0, dx], [0, 1, dy]], dtype=np.float32)
     return cv2.warpAffine(img, m, (img.shape[1], img.shape[0]), flags=cv2.INTER_NEAREST, borderValue=0.0)
 
 

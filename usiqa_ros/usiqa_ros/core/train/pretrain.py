@@ -124,7 +124,7 @@ def train_pretrain(cfg: TrainConfig) -> tuple[USQNet, dict[str, Any]]:
             for v in range(2):
                 img = base_view(frames[members[int(rng.integers(len(members)))]].astype(np.float32) / 255, unit_cfg, rng)
                 if cfg.mixup > 0 and rng.random() < 0.5:  # USCL: mix with another frame of the same group
-                    other = frames[members[int(rng.integers(len(members)))]].astype(np.float32) / 255
+                    other: np.ndarray = frames[members[int(rng.integers(len(members)))]].astype(np.float32) / 255
                     other = base_view(other, unit_cfg, rng)
                     lam = float(rng.uniform(1 - cfg.mixup, 1))
                     other = cv2.resize(other, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_AREA)
