@@ -15,7 +15,6 @@ import pytest
 import torch
 from conftest import PKG
 
-from benchmarks.common import calibrated_checkpoint
 from usiqa_ros.core import backends
 from usiqa_ros.core.backends import BackendOptions, BackendUnavailable, ort_providers
 from usiqa_ros.core.engine import Engine, EngineConfig
@@ -36,8 +35,8 @@ def _restore_torch_threads():
 @pytest.fixture(scope="module")
 def frames():
     """20 real frames of the bundled sample clip (no dev data needed), made as different from one another as dev
-    frames from many scans are (gain, blur, flips, crops, noise): calibrated_checkpoint scales the logits by their
-    spread across these frames, and 20 near-identical frames would make that scale, and bf16 errors, huge."""
+    frames from many scans are (gain, blur, flips, crops, noise), so the backends are compared over a spread of
+    grades rather than on 20 near-identical frames."""
     import cv2
 
     files = sorted((PKG / "usiqa_ros" / "sample_frames").glob("*.png"))[::2][:20]
@@ -61,8 +60,13 @@ def frames():
 
 
 @pytest.fixture(scope="module")
-def model_path(frames, tmp_path_factory):
-    return calibrated_checkpoint("", frames[::2], tmp_path_factory.mktemp("backends"))
+def model_path():
+    """The bundled model: trained, so its outputs depend on the frame (the `reference` fixture checks it).
+    calibrated_checkpoint is for untrained presets: re-estimating this pretrained network's batch-norm statistics
+    and rescaling its logits made bf16 errors reach 0.88 in probability, a property of that surgery, not of bf16."""
+    from usiqa_ros.core.checkpoint import DEFAULT_CHECKPOINT
+
+    return DEFAULT_CHECKPOINT
 
 
 @pytest.fixture(scope="module")
