@@ -222,7 +222,11 @@ def markdown(res: dict) -> str:
     lines += ["", f"Dark-region test (n = {model['dark_region']['n']} frames with an anechoic region):", ""]
     lines += ["| test | bundled model | " + " | ".join(base) + " |", "|" + "---|" * (2 + len(base))]
     for d in DARK:
-        lines.append(f"| {d} | {model['dark_region'][d]:.3f} | " + " | ".join(f"{b['dark_region'][d]:.3f}" for b in base.values()) + " |")
+        lines.append(
+            f"| {d} | {model['dark_region'][d]:.3f} | "
+            + " | ".join(f"{b['dark_region'][d]:.3f}" for b in base.values())
+            + " |"
+        )
     lines += ["", "Consistency, median |score change| (bundled model): "]
     lines.append(", ".join(f"{k} {v:.4f}" for k, v in model["consistency_median_abs"].items()))
     hip = res.get("hip", {})
@@ -243,8 +247,11 @@ def markdown(res: dict) -> str:
             f"{b['families_mean']:.3f} / min {b['families_min']:.3f}, dark {b['dark_region']['dark_haze']:.3f}.",
         ]
     if lofo:
-        lines += ["", f"Short runs: {res['lofo']['steps']} steps of {res['lofo']['units_per_step']} units from "
-                  f"{res['lofo']['start']}, {res['lofo']['frozen_blocks']} leading blocks frozen."]
+        lines += [
+            "",
+            f"Short runs: {res['lofo']['steps']} steps of {res['lofo']['units_per_step']} units from "
+            f"{res['lofo']['start']}, {res['lofo']['frozen_blocks']} leading blocks frozen.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -263,7 +270,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--pretrained", default="runs/pretrain/pretrain.safetensors")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--reuse", default="", help="an earlier quality JSON of the same model: reuse its bundled/hip part")
-    ap.add_argument("--max-frames", type=int, default=0, help="evaluate every k-th frame to keep this many (slow models)")
+    ap.add_argument(
+        "--max-frames", type=int, default=0, help="evaluate every k-th frame to keep this many (slow models)"
+    )
     ap.add_argument("--out-json", default=str(OUT_JSON))
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -335,7 +344,9 @@ def finish(args, res: dict, work: Path, all_variants, keys: list[str], engine: E
                 res["baselines"][name] = json.loads(path.read_text())
                 continue
             t0 = time.monotonic()
-            sc = score_all(lambda xs, fn=fn: [fn(x) for x in xs], all_variants, ["clean", *FAMILIES, *DARK, *CONSISTENCY])
+            sc = score_all(
+                lambda xs, fn=fn: [fn(x) for x in xs], all_variants, ["clean", *FAMILIES, *DARK, *CONSISTENCY]
+            )
             b = summarise(sc, list(FAMILIES))
             del b["consistency_median_abs"]  # baselines are not on the [0, 1] score scale
             path.write_text(json.dumps(b, indent=1))

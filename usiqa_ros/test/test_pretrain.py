@@ -123,7 +123,9 @@ def test_short_training_learns_excludes_and_resumes(corpus: Path, tmp_path: Path
         train_top(_tiny(), cache, FROZEN, TopTrainConfig(steps=1, exclude=("nope",)), log=lambda m: None)
     state = tmp_path / "state"
     m1 = _tiny()
-    train_top(m1, cache, FROZEN, TopTrainConfig(steps=4, units_per_step=4), log=lambda m: None, state_dir=state, save_every=2)
+    train_top(
+        m1, cache, FROZEN, TopTrainConfig(steps=4, units_per_step=4), log=lambda m: None, state_dir=state, save_every=2
+    )
     assert (state / "state_optim.safetensors").exists()
     msgs: list[str] = []
     train_top(_tiny(), cache, FROZEN, TopTrainConfig(steps=4, units_per_step=4), log=msgs.append, state_dir=state)
@@ -133,7 +135,9 @@ def test_short_training_learns_excludes_and_resumes(corpus: Path, tmp_path: Path
 def test_nt_xent_prefers_matching_pairs() -> None:
     g = torch.Generator().manual_seed(0)
     z = torch.randn(8, 16, generator=g)
-    assert nt_xent(z, z + 0.01 * torch.randn(8, 16, generator=g), 0.2) < nt_xent(z, z[torch.randperm(8, generator=g)], 0.2)
+    assert nt_xent(z, z + 0.01 * torch.randn(8, 16, generator=g), 0.2) < nt_xent(
+        z, z[torch.randperm(8, generator=g)], 0.2
+    )
 
 
 def test_pretrain_cli_writes_a_checkpoint_training_starts_from(corpus: Path, tmp_path: Path) -> None:

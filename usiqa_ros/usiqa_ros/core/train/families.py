@@ -385,13 +385,19 @@ def train_top(
         for k in run:
             run[k] = 0.9 * run[k] + 0.1 * float(losses[k].detach()) if step else float(losses[k].detach())
         if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
-            row = {"step": step + 1, "elapsed_s": round(time.monotonic() - t0, 1), **{k: round(v, 4) for k, v in run.items()}}
+            row = {
+                "step": step + 1,
+                "elapsed_s": round(time.monotonic() - t0, 1),
+                **{k: round(v, 4) for k, v in run.items()},
+            }
             history.append(row)
             log(json.dumps(row))
         if state_dir is not None and ((step + 1) % save_every == 0 and step + 1 < cfg.steps):
             state_dir.mkdir(parents=True, exist_ok=True)
             save_checkpoint(state_dir / "state.safetensors", model, training={"resumable_step": step + 1})
-            save_optimizer(state_dir / "state_optim.safetensors", opt, {"step": step + 1, "history": history, "run": run})
+            save_optimizer(
+                state_dir / "state_optim.safetensors", opt, {"step": step + 1, "history": history, "run": run}
+            )
             rng = np.random.default_rng((cfg.seed, step + 1))  # the same stream after a resume
     model.eval()
     return {"config": asdict(cfg), "history": history, "seconds": round(time.monotonic() - t0, 1), "units": len(units)}

@@ -122,7 +122,9 @@ def train_pretrain(cfg: TrainConfig) -> tuple[USQNet, dict[str, Any]]:
             groups = by_source[sources[int(rng.integers(len(sources)))]]
             members = by_group[groups[int(rng.integers(len(groups)))]]
             for v in range(2):
-                img = base_view(frames[members[int(rng.integers(len(members)))]].astype(np.float32) / 255, unit_cfg, rng)
+                img = base_view(
+                    frames[members[int(rng.integers(len(members)))]].astype(np.float32) / 255, unit_cfg, rng
+                )
                 if cfg.mixup > 0 and rng.random() < 0.5:  # USCL: mix with another frame of the same group
                     other: np.ndarray = frames[members[int(rng.integers(len(members)))]].astype(np.float32) / 255
                     other = base_view(other, unit_cfg, rng)
@@ -147,7 +149,9 @@ def train_pretrain(cfg: TrainConfig) -> tuple[USQNet, dict[str, Any]]:
         if (step + 1) % 25 == 0 and step + 1 < cfg.pretrain_steps:
             save_checkpoint(out / "state.safetensors", model, training={"resumable_step": step + 1})
             proj_state = {k: v.tolist() for k, v in proj.state_dict().items()}
-            save_optimizer(out / "state_optim.safetensors", opt, {"step": step + 1, "history": history, "proj": proj_state})
+            save_optimizer(
+                out / "state_optim.safetensors", opt, {"step": step + 1, "history": history, "proj": proj_state}
+            )
     model.eval()
     summary = {
         "kind": "uscl_pretrain",
