@@ -273,7 +273,7 @@ def test_injected_inference_exceptions(ros):
         wait_for(lambda: peer.image_pub.get_subscription_count() > 0, 15)
         wait_for(lambda: peer.count_publishers(f"/{ns}/quality") > 0, 15)
         engine = node.engine
-        real_forward = engine.forward
+        real_forward = engine.forward_with_embedding  # the one inference call of the scoring path
         fail = [0]
 
         def faulty_forward(batch):
@@ -282,7 +282,7 @@ def test_injected_inference_exceptions(ros):
                 raise RuntimeError("injected fault: device lost")
             return real_forward(batch)
 
-        engine.forward = faulty_forward
+        engine.forward_with_embedding = faulty_forward
         _send_and_wait_score(peer, "before")
 
         def fail_one(i: int) -> None:
