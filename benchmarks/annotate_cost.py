@@ -29,9 +29,9 @@ def _stats(ms: list[float]) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     from sensor_msgs.msg import Image
 
+    from usiqa_ros.core.convert import array_to_image
     from usiqa_ros.core.engine import Engine, EngineConfig
     from usiqa_ros.ros.annotate import annotate
-    from usiqa_ros.ros.convert import array_to_image
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--calls", type=int, default=300)

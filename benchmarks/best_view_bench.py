@@ -48,7 +48,7 @@ def machine_facts() -> dict:
 def bench_render(n: int = 150) -> dict:
     from sensor_msgs.msg import Image
 
-    from usiqa_ros.ros.convert import array_to_image
+    from usiqa_ros.core.convert import array_to_image
     from usiqa_ros.tools.phantom import Phantom, sweep_pose
 
     ph = Phantom()
@@ -166,7 +166,7 @@ def bench_action(cancels: int, rate: float = 8.0, window: float = 4.0, rounds: i
 
 def _sweep_bag(path: Path, seed: int, period: float = 12.0, rate: float = 15.0) -> None:
     """A recorded sweep (one period at `rate`), ROS-free: the unlabeled recording CRL adapts to."""
-    from usiqa_ros.tools import bagio
+    from usiqa_ros.core import bagio
     from usiqa_ros.tools.phantom import Phantom, PhantomConfig, sweep_pose
 
     ph = Phantom(PhantomConfig(seed=seed))

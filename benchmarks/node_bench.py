@@ -114,7 +114,7 @@ def node_process(name: str, params: dict[str, object]) -> Iterator[tuple[subproc
 def image_message(frame: np.ndarray):
     from sensor_msgs.msg import Image
 
-    from usiqa_ros.ros.convert import array_to_image
+    from usiqa_ros.core.convert import array_to_image
 
     msg = array_to_image(frame, Image, "mono8")
     msg.header.frame_id = "0"

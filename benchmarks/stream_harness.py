@@ -80,7 +80,7 @@ def _publisher_process(
     from rclpy.node import Node
     from sensor_msgs.msg import Image
 
-    from usiqa_ros.ros.convert import array_to_image
+    from usiqa_ros.core.convert import array_to_image
 
     rclpy.init()
     node = Node(f"flood_publisher_{index}")
@@ -138,7 +138,7 @@ def run_stream(
     from sensor_msgs.msg import Image
     from usiqa_msgs.msg import QualityScore
 
-    from usiqa_ros.ros.convert import array_to_image
+    from usiqa_ros.core.convert import array_to_image
 
     topic = f"/{name}/image"
     params = {"image_topic": topic, "quality_topic": f"/{name}/quality", **(node_params or {})}

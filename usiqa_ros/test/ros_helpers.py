@@ -16,7 +16,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image
 
-from usiqa_ros.ros.convert import array_to_image
+from usiqa_ros.core.convert import array_to_image
 
 SAMPLE_FRAMES = Path(__file__).resolve().parents[1] / "usiqa_ros" / "sample_frames"
 

@@ -14,7 +14,9 @@ import cv2
 import numpy as np
 import pytest
 
-from usiqa_ros.tools import bag_eval, bagio
+from usiqa_ros.core import bagio
+from usiqa_ros.core.references import combine
+from usiqa_ros.tools import bag_eval
 from usiqa_ros.tools.phantom import Phantom, PhantomConfig, ProbePose
 
 # QualityScore as usiqa_msgs defined it before artifact_score / view_score (commit 1cf00e9).
@@ -87,7 +89,7 @@ def test_eval_bag_with_references_writes_view_columns_and_fields(tmp_path, capsy
     assert len(rows) == 5
     for r in rows:
         a, v, s = float(r["artifact_score"]), float(r["view_score"]), float(r["score"])
-        assert 0 <= v <= 1 and s == pytest.approx(a * v, abs=2e-5)
+        assert 0 <= v <= 1 and s == pytest.approx(combine(a, v), abs=2e-5)
     assert json.loads((out / "summary.json").read_text())["reference_views"] == 2
     records, note = bagio.read_scores(out / "scores_bag")
     assert note == "" and len(records) == 5

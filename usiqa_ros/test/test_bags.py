@@ -16,8 +16,9 @@ import pytest
 import yaml
 from conftest import PKG
 
+from usiqa_ros.core import bagio
 from usiqa_ros.core.engine import Engine, EngineConfig
-from usiqa_ros.tools import bag_eval, bag_report, bagio, make_bag
+from usiqa_ros.tools import bag_eval, bag_report, make_bag
 from usiqa_ros.tools.bag_types import BagScores
 
 SAMPLE_CLIP = PKG / "usiqa_ros" / "sample_frames"  # the bundled clip: 48 frames, 370 x 370 gray (no dev data needed)

@@ -27,8 +27,8 @@ from sensor_msgs.msg import CompressedImage, Image
 from usiqa_msgs.action import BestViewSearch
 from usiqa_msgs.msg import QualityScore
 
+from usiqa_ros.core.convert import image_to_array
 from usiqa_ros.ros.best_view_client import BestViewClient, BestViewError
-from usiqa_ros.ros.convert import image_to_array
 from usiqa_ros.tools.phantom import Phantom, PhantomConfig, ProbePose
 
 R = BestViewSearch.Result

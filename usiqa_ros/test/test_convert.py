@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from sensor_msgs.msg import CompressedImage, Image
 
+from usiqa_ros.core.convert import compressed_to_array, image_to_array
 from usiqa_ros.core.preprocess import FrameError, PreprocessConfig, preprocess_frame
-from usiqa_ros.ros.convert import compressed_to_array, image_to_array
 
 RNG = np.random.default_rng(0)
 

@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
+from usiqa_ros.core import bagio
 from usiqa_ros.core.train import cli
-from usiqa_ros.tools import bagio
 from usiqa_ros.tools.phantom import Phantom, PhantomConfig, ProbePose, sweep_pose
 
 

@@ -10,8 +10,8 @@ from ros_helpers import Spinner, image_msg, running_iqa_node, sample_frames, wai
 from sensor_msgs.msg import Image
 from usiqa_msgs.msg import QualityScore
 
+from usiqa_ros.core.convert import image_to_array
 from usiqa_ros.ros.annotate import GRADE_COLORS, annotate, to_bgr8
-from usiqa_ros.ros.convert import image_to_array
 
 
 def test_annotate_draws_banner_and_bar_without_touching_the_input():

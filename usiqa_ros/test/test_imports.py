@@ -1,5 +1,5 @@
 """Imports inside usiqa_ros go one way: no cycles (type-only or deferred imports count too), and the layers
-core <- ros, tools <- nodes are kept (core is ROS-free; the ROS-free tools use only ros.convert, itself ROS-free).
+core <- ros, tools <- nodes are kept (core is ROS-free, message and bag I/O included: core.convert, core.bagio).
 
 Read from the source with ast, so every import counts, also one inside a function or under TYPE_CHECKING."""
 
@@ -16,12 +16,6 @@ ALLOWED = {
     "tools": {"core"},
     "nodes": {"core", "ros", "tools"},
 }
-# ROS-free helpers of ros/ that tools/ may use (bag frames get the node's exact checks)
-TOOLS_MAY_USE = {"usiqa_ros.ros.convert"}
-# Known exception, to remove: reference views and CRL adaptation read frames from bags (core.references, lazily)
-# with tools.bagio, which is ROS-free but lives in tools/. The fix is to move the ROS-free message and bag I/O
-# (ros/convert.py, tools/bagio.py) below core's users, e.g. into core/ or an io/ layer. Any other edge fails.
-KNOWN_EXCEPTIONS = {("usiqa_ros.core.references", "usiqa_ros.tools.bagio")}
 
 
 def _modules() -> dict[str, Path]:
@@ -105,7 +99,6 @@ def test_layers_import_one_way():
         for d in deps:
             other = d.split(".")[1] if d.count(".") >= 1 else ""
             ok = other == layer or other in ALLOWED[layer] or other not in ALLOWED
-            ok = ok or (layer == "tools" and d in TOOLS_MAY_USE) or (m, d) in KNOWN_EXCEPTIONS
             if not ok:
                 bad.append(f"{m} imports {d}")
     assert not bad, bad

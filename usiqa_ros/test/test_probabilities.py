@@ -14,10 +14,10 @@ from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from usiqa_msgs.msg import QualityScore
 
+from usiqa_ros.core import bagio
 from usiqa_ros.core.checkpoint import save_checkpoint
 from usiqa_ros.core.model.usqnet import build_model, usqnet_lite_config
 from usiqa_ros.nodes.probe_sim import ground_truth_msg
-from usiqa_ros.tools import bagio
 
 
 def test_the_message_holds_exactly_five():

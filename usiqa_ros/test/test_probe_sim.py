@@ -16,9 +16,9 @@ from ros_helpers import Spinner, wait_for
 from sensor_msgs.msg import Image
 from usiqa_msgs.msg import QualityScore
 
+from usiqa_ros.core.convert import image_to_array
 from usiqa_ros.nodes.probe_sim import GROUND_TRUTH_MODEL_ID, ProbeSim, pose_to_probe, probe_to_pose
 from usiqa_ros.ros.best_view import import_tf2
-from usiqa_ros.ros.convert import image_to_array
 from usiqa_ros.tools.phantom import Phantom, PhantomConfig, ProbePose, best_sweep_pose, sweep_pose
 
 PH = Phantom(PhantomConfig(seed=1))

@@ -14,7 +14,7 @@ from rclpy.qos import qos_profile_sensor_data
 from ros_helpers import Spinner, image_msg, running_iqa_node, sample_frames, wait_for
 from sensor_msgs.msg import Image
 
-from usiqa_ros.ros.convert import array_to_image
+from usiqa_ros.core.convert import array_to_image
 
 FRAME = sample_frames(1)[0]
 WARN = DiagnosticStatus.WARN[0]

@@ -18,7 +18,7 @@ from std_srvs.srv import Trigger
 from test_best_view import peer_for, stamp_ns
 from usiqa_msgs.srv import CaptureReferences
 
-from usiqa_ros.core.references import REFERENCE_FILE, ReferenceFrame, ReferenceSet
+from usiqa_ros.core.references import REFERENCE_FILE, ReferenceFrame, ReferenceSet, combine
 from usiqa_ros.ros.teach import TeachError, teach
 
 TAUGHT_CLIP = "pocus_healthy_neuruppin_pat1_132943"
@@ -80,7 +80,7 @@ def test_capture_clear_save_and_reload_at_configure(ros, real_us, tmp_path):
             assert len(node.references) == 4
             s = peer.scores[peer.feed([frames[4]])[0]]  # a captured view: like a reference
             assert 0.9 <= s.view_score <= 1.0
-            assert s.score == pytest.approx(s.artifact_score * s.view_score, rel=1e-5)
+            assert s.score == pytest.approx(combine(s.artifact_score, s.view_score), rel=1e-5)
             far = peer.scores[peer.feed([frames[47]])[0]]
             assert far.view_score < s.view_score
             r = call(peer, Trigger, f"{ns}/iqa/save_references")

@@ -198,7 +198,7 @@ def test_both_backends_return_the_embedding_of_the_scoring_pass(engines):
 
 
 def test_bag_source_is_embedded_through_the_engine(tmp_path, engines):
-    from usiqa_ros.tools import bagio
+    from usiqa_ros.core import bagio
     from usiqa_ros.tools.phantom import Phantom, ProbePose
 
     ph = Phantom()

@@ -288,9 +288,9 @@ def read_folder_frames(path: str | Path) -> list[tuple[np.ndarray, ReferenceFram
 
 def read_bag_frames(path: str | Path, topic: str | None = None) -> list[tuple[np.ndarray, ReferenceFrame]]:
     """Every frame of the bag's image topic (one group: a recording of the target view)."""
-    # tools.bagio is ROS-free (rosbags + ros.convert, no rclpy): imported lazily, only for bags.
+    # imported lazily: rosbags is needed only for bag sources
+    from usiqa_ros.core import bagio
     from usiqa_ros.core.preprocess import FrameError
-    from usiqa_ros.tools import bagio
 
     out = []
     try:

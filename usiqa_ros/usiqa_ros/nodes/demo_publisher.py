@@ -14,7 +14,7 @@ from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image
 
-from usiqa_ros.ros.convert import array_to_image
+from usiqa_ros.core.convert import array_to_image
 from usiqa_ros.ros.spin import spin_node
 
 SAMPLE_FRAMES = Path(__file__).resolve().parent.parent / "sample_frames"

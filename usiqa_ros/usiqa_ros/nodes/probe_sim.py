@@ -32,7 +32,7 @@ from rclpy.time import Time
 from sensor_msgs.msg import Image
 from usiqa_msgs.msg import QualityScore
 
-from usiqa_ros.ros.convert import array_to_image
+from usiqa_ros.core.convert import array_to_image
 from usiqa_ros.ros.spin import spin_node
 from usiqa_ros.tools.phantom import Phantom, PhantomConfig, ProbePose, sweep_pose
 

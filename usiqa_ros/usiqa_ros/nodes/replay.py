@@ -31,9 +31,9 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CompressedImage, Image
 from usiqa_msgs.msg import QualityScore
 
+from usiqa_ros.core import bagio
+from usiqa_ros.core.bagio import BagError
 from usiqa_ros.core.safe_io import atomic_open
-from usiqa_ros.tools import bagio
-from usiqa_ros.tools.bagio import BagError
 
 
 @dataclass

@@ -12,8 +12,8 @@ import numpy as np
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
+from usiqa_ros.core.convert import array_to_image
 from usiqa_ros.core.grades import grade_name
-from usiqa_ros.ros.convert import array_to_image
 
 # BGR per grade 0..5: unknown grey, poor red ... excellent green
 GRADE_COLORS: dict[int, tuple[int, int, int]] = {

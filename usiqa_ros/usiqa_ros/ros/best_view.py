@@ -60,7 +60,7 @@ from sensor_msgs.msg import Image
 from usiqa_msgs.action import BestViewSearch
 from usiqa_msgs.msg import QualityScore
 
-from usiqa_ros.ros.convert import array_to_image
+from usiqa_ros.core.convert import array_to_image
 
 # Called on the scorer's thread after each published score: (score message, source message, decoded frame).
 ScoreListener = Callable[[QualityScore, Any, np.ndarray], None]

@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.save and result.best_image.data:
                 import cv2
 
-                from usiqa_ros.ros.convert import image_to_array
+                from usiqa_ros.core.convert import image_to_array
 
                 cv2.imwrite(args.save, image_to_array(result.best_image))
                 print(f"saved     {args.save}")

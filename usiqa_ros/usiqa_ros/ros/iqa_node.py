@@ -40,12 +40,12 @@ from usiqa_msgs.msg import QualityScore
 from usiqa_msgs.srv import CaptureReferences
 
 from usiqa_ros.core.checkpoint import CheckpointError
+from usiqa_ros.core.convert import check_header, compressed_to_array, image_to_array
 from usiqa_ros.core.engine import Engine, EngineConfig, EngineError, FrameScore
 from usiqa_ros.core.preprocess import FrameError
 from usiqa_ros.core.references import ReferenceError, ReferenceFrame, ReferenceSet, combine, is_bag, load_references
 from usiqa_ros.ros.annotate import DebugImage
 from usiqa_ros.ros.best_view import BestViewConfig, BestViewServer, ScoreListener
-from usiqa_ros.ros.convert import check_header, compressed_to_array, image_to_array
 from usiqa_ros.ros.diagnostics import Health, IqaDiagnostics, NodeStats, parameter_descriptors
 from usiqa_ros.ros.spin import ignore_sigint
 

@@ -2,7 +2,7 @@
 
     usiqa-eval-bag BAG [--topic /us/image] [--labels labels.csv] [--model ckpt] [--batch 16] [--out DIR]
 
-A reader thread reads, decodes (`ros.convert`, the node's own checks) and preprocesses (`Engine.preprocess`)
+A reader thread reads, decodes (`core.convert`, the node's own checks) and preprocesses (`Engine.preprocess`)
 frames into a bounded queue while the main thread runs batched inference, so decoding and I/O overlap with the
 model. Frames are scored exactly as the node scores them. Outputs in DIR (each written to a temporary name and
 renamed when complete; summary.json is written last):
@@ -30,13 +30,14 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from usiqa_ros.core import bagio
+from usiqa_ros.core.bagio import BagError
 from usiqa_ros.core.checkpoint import CheckpointError
 from usiqa_ros.core.engine import Engine, EngineConfig, EngineError
 from usiqa_ros.core.preprocess import FrameError
 from usiqa_ros.core.references import ReferenceError, ReferenceSet, combine, load_references
-from usiqa_ros.tools import bag_report, bagio
+from usiqa_ros.tools import bag_report
 from usiqa_ros.tools.bag_types import BagScores, FrameResult, Thumb
-from usiqa_ros.tools.bagio import BagError
 
 # A frame failing for one of these reasons means the whole topic cannot be scored: stop with an error.
 FATAL_REASONS = ("unsupported_encoding", "unsupported_format")

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from usiqa_ros.core import bagio
 from usiqa_ros.core.grades import GRADE_NAMES
 from usiqa_ros.core.safe_io import atomic_open
-from usiqa_ros.tools import bagio
 from usiqa_ros.tools.bag_types import BagScores, FrameResult
 
 # Score range of each grade band: the grade nearest to the expected grade 1 + 4 * score.

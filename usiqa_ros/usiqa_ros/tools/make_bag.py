@@ -22,8 +22,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from usiqa_ros.core import bagio
 from usiqa_ros.core.safe_io import atomic_open
-from usiqa_ros.tools import bagio
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 FORMATS = ("raw", "png", "jpeg")

@@ -1,7 +1,7 @@
 """Rosbag reading and writing shared by the bag tools (make_bag, bag_eval, replay), built on `rosbags`.
 
 Pure Python, no rclpy: bags are read and written without a ROS install. Messages are rosbags dataclasses, which
-carry the same attributes as rclpy messages, so `usiqa_ros.ros.convert` decodes them unchanged. Bags are
+carry the same attributes as rclpy messages, so `usiqa_ros.core.convert` decodes them unchanged. Bags are
 written as rosbag2 version 9 (sqlite3 or mcap) with message definitions, type hashes and QoS metadata, as
 `ros2 bag record` writes them, so `ros2 bag play` can play them. Every bag and file is written to a temporary
 name and renamed when complete: a crash never leaves a complete-looking half output.
@@ -28,8 +28,8 @@ from rosbags.serde import SerdeError
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
 
+from usiqa_ros.core.convert import compressed_to_array, image_fields, image_to_array
 from usiqa_ros.core.safe_io import atomic_dir
-from usiqa_ros.ros.convert import compressed_to_array, image_fields, image_to_array
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
@@ -200,7 +200,7 @@ def iter_images(reader: AnyReader, topic: str) -> Iterator[BagImage]:
             if item is None:
                 return
             conn, log_ns, raw = item
-            msg = reader.deserialize(raw, conn.msgtype)
+            msg: Any = reader.deserialize(raw, conn.msgtype)  # rosbags types it as object
         except _READ_ERRORS as e:
             raise BagError(f"bag is corrupt at message {index} of {topic}: {type(e).__name__}: {e}") from None
         yield BagImage(index, log_ns, stamp_ns(msg.header.stamp), msg.header.frame_id, conn.msgtype, msg, raw)
@@ -296,7 +296,7 @@ def read_scores(path: str | Path, topic: str | None = None) -> tuple[list[ScoreR
         conns = [c for c in reader.connections if c.topic == names[0]]
         try:
             for conn, _, raw in reader.messages(connections=conns):
-                m = reader.deserialize(raw, conn.msgtype)
+                m: Any = reader.deserialize(raw, conn.msgtype)
                 if not hasattr(m, "view_score"):
                     legacy += 1
                 score = float(m.score)
