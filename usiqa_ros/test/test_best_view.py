@@ -22,14 +22,13 @@ from rclpy.duration import Duration
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from ros_helpers import Spinner, image_msg, shut_down, wait_for
+from ros_helpers import Spinner, image_msg, sample_frames, shut_down, wait_for
 from sensor_msgs.msg import CompressedImage, Image
 from usiqa_msgs.action import BestViewSearch
 from usiqa_msgs.msg import QualityScore
 
 from usiqa_ros.core.convert import image_to_array
 from usiqa_ros.ros.best_view_client import BestViewClient, BestViewError
-from usiqa_ros.tools.phantom import Phantom, PhantomConfig, ProbePose
 
 R = BestViewSearch.Result
 CLIP = "blues_patient_12_L3"
@@ -173,25 +172,17 @@ def degraded_sweep(real_us: Path, n: int = 12) -> tuple[list[np.ndarray], set[in
     return frames, bad
 
 
-def sim_sweep() -> tuple[list[np.ndarray], set[int], list[float]]:
-    """Phantom frames: good views and heavily degraded poses (lifted or tilted probe: black or half-dark frames).
-    Degradations an image-quality model can see without knowing the target anatomy, so the "never a degraded
-    frame" check holds for any sensibly trained model (missing anatomy is covered by test_probe_sim)."""
-    ph = Phantom(PhantomConfig(seed=3))
-    poses = [
-        ProbePose(x=0),
-        ProbePose(lift=7.0),  # complete contact loss
-        ProbePose(x=-4, y=2),
-        ProbePose(lift=5.5),  # contact almost lost everywhere
-        ProbePose(x=3, tilt=-3),
-        ProbePose(tilt=38),  # large dark sector
-        ProbePose(x=-2, y=-3),
-        ProbePose(lift=4.5, tilt=20),  # partly lifted and tilted: dark frame, dark sector
-    ]
-    rendered = [ph.render(p) for p in poses]
+def quality_sweep() -> tuple[list[np.ndarray], set[int], list[float]]:
+    """Eight frames, clean and heavily degraded alternating: real frames of the bundled sample clip and copies
+    with degradations any image-quality model must see (contact loss, a dark sector, a shadow, attenuation), so the
+    "never a degraded frame" checks test the server, not the model. The phantom's renders are not used here: the
+    bundled model scores every phantom pose 0.16-0.30 (out of its domain), contact loss slightly above clean views.
+    Returns the frames, the degraded indices and a 0/1 truth per frame."""
+    frames = sample_frames(8)
     bad = {1, 3, 5, 7}
-    assert max(rendered[i].quality for i in bad) < 0.4 < min(rendered[i].quality for i in range(8) if i not in bad)
-    return [r.image for r in rendered], bad, [r.quality for r in rendered]
+    for k, i in enumerate(sorted(bad)):
+        frames[i] = degrade(frames[i], DEGRADATIONS[k])
+    return frames, bad, [0.0 if i in bad else 1.0 for i in range(len(frames))]
 
 
 def best_of(peer: Peer, stamps: list[int]) -> tuple[float, int]:
@@ -247,7 +238,7 @@ def test_reached_target_ends_the_goal_at_once(main_node, real_us):
 
 def test_timeout_returns_best_so_far(main_node):
     node, peer = main_node
-    frames, bad, truth = sim_sweep()
+    frames, bad, truth = quality_sweep()
     t0 = time.monotonic()
     search = peer.client.start(target_score=0.0, timeout=6.0)
     stamps = peer.feed(frames)
@@ -295,7 +286,8 @@ def test_cancel_is_honoured_quickly(main_node):
     try:
         search = peer.client.start(target_score=0.0, timeout=30.0)
         wait_for(lambda: len(peer.scores) and search.goal_handle is not None, 5)
-        time.sleep(0.8)
+        n0 = len(peer.scores)
+        wait_for(lambda: len(peer.scores) >= n0 + 4, 15)  # frames scored during the goal (event-based, not a sleep)
         t0 = time.monotonic()
         assert search.cancel()
         result = search.result(timeout=5)
@@ -393,7 +385,7 @@ def test_best_is_never_a_degraded_real_frame(clip_sweep_run):
 def test_best_on_simulated_sweep_compressed_input(main_node):
     """CompressedImage input: the kept frame array becomes an Image only in the result."""
     node, peer = main_node
-    frames, bad, truth = sim_sweep()
+    frames, bad, truth = quality_sweep()
     search = peer.client.start(target_score=0.0, timeout=60.0, return_image=True)
     stamps = peer.feed(frames, compressed=True)
     assert search.cancel()
@@ -403,13 +395,13 @@ def test_best_on_simulated_sweep_compressed_input(main_node):
     i = stamps.index(best_stamp)
     assert result.best_image.encoding == "mono8"
     assert np.array_equal(image_to_array(result.best_image), frames[i])  # PNG is lossless
-    assert i not in bad, f"best is degraded pose {i} (true quality {truth[i]:.2f})"
+    assert i not in bad, f"best is degraded frame {i} (truth {truth[i]:.0f})"
 
 
 def test_stable_frames_uses_window_minimum(ros):
     ns = "/bv_stable"
     with bv_node(ns, **{"best_view.stable_frames": 3}) as node, peer_for(node, ns) as peer:
-        frames, _, _ = sim_sweep()
+        frames, _, _ = quality_sweep()
         search = peer.client.start(target_score=0.0, timeout=60.0)
         stamps = peer.feed(frames + frames[:2])
         assert search.cancel()

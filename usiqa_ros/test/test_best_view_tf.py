@@ -27,14 +27,13 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.time import Time
-from ros_helpers import Spinner, image_msg, wait_for
+from ros_helpers import Spinner, image_msg, sample_frames, wait_for
 from rosgraph_msgs.msg import Clock
-from test_best_view import R, bv_node, peer_for, sim_sweep, stamp_ns
+from test_best_view import R, bv_node, degrade, peer_for, quality_sweep, stamp_ns
 from usiqa_msgs.msg import QualityScore
 
 from usiqa_ros.nodes.probe_sim import ProbeSim, pose_to_probe
 from usiqa_ros.ros.best_view import import_tf2
-from usiqa_ros.tools.phantom import Phantom, PhantomConfig, ProbePose
 
 PROBE = "probe_tf_test"  # frame ids private to this module: /tf is shared by every node of the test session
 
@@ -107,7 +106,7 @@ def tf_run(ros):
     probe_spin = Spinner(probe, threads=2)
     try:
         with bv_node(ns, pose_frame="world") as node, peer_for(node, ns) as peer:
-            wait_for_poses(peer, sim_sweep()[0][0])
+            wait_for_poses(peer, quality_sweep()[0][0])
             yield node, peer, probe
     finally:
         probe_spin.stop()
@@ -116,7 +115,7 @@ def tf_run(ros):
 
 def test_best_pose_is_the_tf_pose_at_the_best_stamp(tf_run):
     node, peer, probe = tf_run
-    frames, bad, truth = sim_sweep()  # clean views and heavily degraded poses, alternating
+    frames, bad, truth = quality_sweep()  # clean views and heavily degraded poses, alternating
     feedback = []
     search = peer.client.start(target_score=0.0, timeout=60.0, feedback=feedback.append)
     stamps = []
@@ -151,7 +150,7 @@ def test_best_pose_is_the_tf_pose_at_the_best_stamp(tf_run):
 
 def test_frames_stamped_before_the_goal_never_become_best(tf_run):
     node, peer, probe = tf_run
-    frames, bad, _ = sim_sweep()
+    frames, bad, _ = quality_sweep()
     clean = [frames[i] for i in range(len(frames)) if i not in bad]
     degraded = [frames[i] for i in sorted(bad)]
     mixed = [f for pair in zip(clean, degraded, strict=True) for f in pair]  # clean (stale), degraded (fresh), ...
@@ -184,9 +183,8 @@ def test_frames_stamped_before_the_goal_never_become_best(tf_run):
 
 def test_min_hold_ignores_a_spike_and_reaches_on_held_frames(tf_run):
     node, peer, probe = tf_run
-    ph = Phantom(PhantomConfig(seed=3))
-    good = [ph.render(ProbePose(x=x, y=y)).image for x, y in ((0, 0), (-2, 1), (2, -1), (-4, 2), (3, 0), (1, 2))]
-    bad = [ph.render(ProbePose(lift=lift)).image for lift in (7.0, 5.5)]
+    good = sample_frames(6)  # real frames; the degraded ones as in quality_sweep
+    bad = [degrade(good[0], "contact_loss"), degrade(good[1], "dark_sector")]
     warm = peer.feed(good + bad)  # learn the model's scores (the node is deterministic for identical frames)
     good_scores = [peer.scores[s].score for s in warm[: len(good)]]
     bad_scores = [peer.scores[s].score for s in warm[len(good) :]]
@@ -223,7 +221,7 @@ def test_min_hold_ignores_a_spike_and_reaches_on_held_frames(tf_run):
 def test_a_failed_lookup_leaves_best_pose_empty_and_says_why(tf_run):
     node, peer, probe = tf_run
     search = peer.client.start(target_score=0.0, timeout=60.0)
-    peer.feed(sim_sweep()[0][:2], frame_id="probe_nowhere")  # no TF for this frame
+    peer.feed(quality_sweep()[0][:2], frame_id="probe_nowhere")  # no TF for this frame
     assert search.cancel()
     result = search.result(timeout=10)
     assert result.frames_evaluated == 2 and result.best_pose.header.frame_id == ""
@@ -235,9 +233,9 @@ def test_poses_survive_a_lifecycle_cycle(tf_run):
     node, peer, probe = tf_run
     for transition in ("deactivate", "cleanup", "configure", "activate"):
         assert getattr(node, f"trigger_{transition}")() == TransitionCallbackReturn.SUCCESS, transition
-    wait_for_poses(peer, sim_sweep()[0][0])
+    wait_for_poses(peer, quality_sweep()[0][0])
     search = peer.client.start(target_score=0.0, timeout=60.0)
-    peer.feed(sim_sweep()[0][:1], frame_id=PROBE)
+    peer.feed(quality_sweep()[0][:1], frame_id=PROBE)
     assert search.cancel()
     result = search.result(timeout=10)
     assert result.best_pose.header.frame_id == "world", result.message
@@ -316,7 +314,7 @@ def test_sim_time_at_4x_ends_an_8_s_goal_after_2_s_of_wall_time(ros):
     with bv_node(ns, **params) as node, peer_for(node, ns) as peer:
         clock = ClockPublisher(peer, 4.0, origin_ns=1_000 * 1_000_000_000)
         stop = threading.Event()
-        frame = sim_sweep()[0][0]
+        frame = quality_sweep()[0][0]
 
         def stream() -> None:  # frames at 12 Hz of wall time, stamped in sim time
             while not stop.is_set():
@@ -362,7 +360,7 @@ def test_node_without_tf2_runs_and_says_so_once(ros, monkeypatch):
         with bv_node(ns, pose_frame="world", **{"best_view.feedback_rate": 0.0}) as node, peer_for(node, ns) as peer:
             feedback = []
             search = peer.client.start(target_score=0.0, timeout=60.0, feedback=feedback.append)
-            peer.feed(sim_sweep()[0][:2])
+            peer.feed(quality_sweep()[0][:2])
             time.sleep(0.5)  # a feedback would follow a scored frame at once
             assert search.cancel()
             result = search.result(timeout=10)
