@@ -58,8 +58,8 @@ OPTIONAL_IMPORTS = {
     "brisque": "an extra baseline in core/baselines.py, listed only when it imports",
     "threadpoolctl": "limits BLAS threads in core/references.py when present; scikit-learn installs it",
 }
-# Not packages: the repository's benchmarks (imported by a test, run from the clone) and the test folder's helpers.
-LOCAL_MODULES = {"benchmarks", "usiqa_ros"} | {p.stem for p in (PKG / "test").glob("*.py")}
+# Not packages: the package itself and the test folder's helpers.
+LOCAL_MODULES = {"usiqa_ros"} | {p.stem for p in (PKG / "test").glob("*.py")}
 INSTALLERS = {"apt", "pip", "source", "packages", "dnf", "yum", "homebrew", "pacman", "portage", "zypper"}
 
 
