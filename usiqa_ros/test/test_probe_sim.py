@@ -125,11 +125,19 @@ def test_probe_sim_node_follows_commands_with_matching_stamps(ros):
         def command_and_collect(pose: ProbePose) -> tuple[list[float], PoseStamped, list[int]]:
             lis.cmd.publish(probe_to_pose(pose))
             wait_for(lambda: same(sim.pose, pose), 10)
+
+            def at_pose() -> list[int]:
+                with lis.lock:
+                    stamps = sorted(s for s in lis.truth if s in lis.images and s in lis.poses)
+                    return [s for s in stamps if same(pose_to_probe(lis.poses[s].pose), pose)]
+
+            # event-based: the first command may precede discovery of the listener's subscriptions
             t0 = time.monotonic()
-            time.sleep(0.6)
-            with lis.lock:
-                stamps = sorted(s for s in lis.truth if s in lis.images and s in lis.poses)
-            recent = [s for s in stamps if same(pose_to_probe(lis.poses[s].pose), pose)]
+            try:
+                wait_for(lambda: len(at_pose()) >= 3, 10)
+            except TimeoutError:
+                pass
+            recent = at_pose()
             assert len(recent) >= 3, f"{len(recent)} frames at the commanded pose in {time.monotonic() - t0:.1f} s"
             return [lis.truth[s].score for s in recent], lis.poses[recent[-1]], recent
 
