@@ -306,15 +306,17 @@ def test_new_goal_preempts_running_goal(main_node):
     stop = threading.Event()
     streamer = peer.stream(np.full((240, 320), 120, np.uint8), 8.0, stop)
     try:
-        first = peer.client.start(target_score=0.0, timeout=30.0)
-        time.sleep(0.8)
+        seen: list[int] = []  # frames_evaluated from the first goal's feedback
+        first = peer.client.start(target_score=0.0, timeout=30.0, feedback=lambda f: seen.append(f.frames_evaluated))
+        wait_for(lambda: seen and seen[-1] >= 2, 15)  # the first goal has scored frames (event, not a sleep)
         t0 = time.monotonic()
-        second = peer.client.start(target_score=0.0, timeout=30.0)
+        seen2: list[int] = []
+        second = peer.client.start(target_score=0.0, timeout=30.0, feedback=lambda f: seen2.append(f.frames_evaluated))
         r1 = first.result(timeout=5)
         took = time.monotonic() - t0
         assert r1.outcome == R.PREEMPTED and first.status == GoalStatus.STATUS_ABORTED
         assert r1.frames_evaluated >= 2 and took < 1.0
-        time.sleep(0.6)
+        wait_for(lambda: seen2 and seen2[-1] >= 2, 15)
         assert not second.done()  # the new goal runs on
         assert second.cancel()
         r2 = second.result(timeout=5)
@@ -455,7 +457,11 @@ def test_scoring_rate_unchanged_during_goal_and_feedback_bounded(main_node):
     assert during >= 0.6 * (before + after) / 2, (
         f"scores in {window} s: before {before}, during {during}, after {after}"
     )
-    assert abs(result.frames_evaluated - whole_goal) <= 2  # the goal saw the frames scored meanwhile
+    # the goal saw the frames scored meanwhile; the client's window is off the server's by transport latency at
+    # both ends, so allow 2 frames or 20 %, whichever is more (a goal that missed frames would be far off)
+    assert abs(result.frames_evaluated - whole_goal) <= max(2, 0.2 * whole_goal), (
+        f"goal evaluated {result.frames_evaluated}, peer received {whole_goal} meanwhile"
+    )
     # feedback: 2 Hz configured -> at most 2 per second (+1 for the first), and it does flow
     span = window + 0.5
     assert 2 <= len(feedback) <= 2.0 * span + 1

@@ -309,40 +309,46 @@ class ClockPublisher:
 
 
 def test_sim_time_at_4x_ends_an_8_s_goal_after_2_s_of_wall_time(ros):
+    """An 8 s goal under use_sim_time, /clock stepped 0.25 s of sim time every 1/16 s of wall time (4x) with one
+    frame per step stamped in sim time. The clock waits for each frame's score before the next step (lock-step, as
+    a simulator that cannot go faster would), so the goal's end, its elapsed time and its feedback count are fixed
+    by sim time alone, not by how fast the shared 2-core machine scores. Wall-time semantics would end the goal
+    after 8 s of wall time and send 1 feedback per wall second."""
     ns = "/bv_simtime"
-    params = {"use_sim_time": True, "best_view.no_image_grace_s": 30.0, "best_view.feedback_rate": 2.0}
+    params = {"use_sim_time": True, "best_view.no_image_grace_s": 30.0, "best_view.feedback_rate": 1.0}
     with bv_node(ns, **params) as node, peer_for(node, ns) as peer:
-        clock = ClockPublisher(peer, 4.0, origin_ns=1_000 * 1_000_000_000)
-        stop = threading.Event()
+        clock_pub = peer.create_publisher(Clock, "/clock", 10)
         frame = quality_sweep()[0][0]
+        step_ns, sim_ns = 250_000_000, 1_000 * 1_000_000_000
 
-        def stream() -> None:  # frames at 12 Hz of wall time, stamped in sim time
-            while not stop.is_set():
-                peer.image_pub.publish(image_msg(frame, clock.now_ns()))
-                time.sleep(1 / 12)
+        def step() -> None:
+            nonlocal sim_ns
+            sim_ns += step_ns
+            clock_pub.publish(Clock(clock=Time(nanoseconds=sim_ns).to_msg()))
+            wait_for(lambda: node.get_clock().now().nanoseconds >= sim_ns, 10)
+            peer.image_pub.publish(image_msg(frame, sim_ns))
+            wait_for(lambda: sim_ns in peer.scores, 10)
 
-        streamer = threading.Thread(target=stream, daemon=True)
-        streamer.start()
-        try:
-            wait_for(lambda: node.get_clock().now().nanoseconds > 1_000 * 1_000_000_000, 10)
-            wait_for(lambda: len(peer.scores) > 2, 30)
-            feedback = []
-            search = peer.client.start(target_score=0.0, timeout=8.0, feedback=feedback.append)
-            t0 = time.monotonic()
-            result = search.result(timeout=30)
-            wall = time.monotonic() - t0
-        finally:
-            stop.set()
-            streamer.join()
-            clock.close()
+        for _ in range(3):  # the node's clock leaves zero and frames are scored
+            step()
+        feedback = []
+        search = peer.client.start(target_score=0.0, timeout=8.0, feedback=feedback.append)
+        t0 = time.monotonic()
+        steps = 0
+        while not search.done() and steps < 80:  # 32 steps reach the 8 s timeout; 80 = 20 s of sim time
+            time.sleep(max(0.0, t0 + steps / 16 - time.monotonic()))
+            step()
+            steps += 1
+        result = search.result(timeout=10)
+        wall = time.monotonic() - t0
     elapsed = Duration.from_msg(result.elapsed).nanoseconds * 1e-9
-    print(f"8 s goal at 4x: wall {wall:.2f} s, elapsed {elapsed:.2f} s, {len(feedback)} feedback")
+    print(f"8 s goal at 4x: wall {wall:.2f} s, {steps} steps, elapsed {elapsed:.2f} s, {len(feedback)} feedback")
     assert result.outcome == R.TIMEOUT, result.message
-    assert 1.2 <= wall <= 3.5, f"an 8 s goal at 4x ended after {wall:.2f} s of wall time"
-    assert 6.0 <= elapsed <= 10.0, f"elapsed {elapsed:.2f} s (sim time expected)"
-    assert result.frames_evaluated > 0 and stamp_ns(result.best.header) > 1_000 * 1_000_000_000
-    # feedback at 2 Hz of sim time: more than 2 Hz of wall time could give (+1 for the first)
-    assert len(feedback) > 2.0 * wall + 1, f"{len(feedback)} feedback messages in {wall:.2f} s"
+    assert 8.0 <= elapsed <= 8.0 + 2 * step_ns * 1e-9, f"elapsed {elapsed:.2f} s (sim time expected)"
+    assert 32 <= steps <= 34 and wall < 7.5, f"an 8 s goal at 4x ended after {steps} steps, {wall:.2f} s of wall time"
+    assert 30 <= result.frames_evaluated <= 34 and stamp_ns(result.best.header) > 1_000 * 1_000_000_000
+    # feedback at 1 Hz of sim time: one per 4 frames, 8 (+1 for the first) over the goal
+    assert 7 <= len(feedback) <= 9, f"{len(feedback)} feedback messages over {elapsed:.2f} s of sim time"
 
 
 # ---------------------------------------------------------------- without tf2
