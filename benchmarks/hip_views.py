@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "command": "python -m benchmarks.hip_views " + " ".join(argv or sys.argv[1:]),
         "model_id": engine.model_id,
-        "embedding": f"forward_features ({emb.shape[1]} dims, the scoring pass)",
+        "embedding": f"view embedding ({emb.shape[1]} dims, USQNet.forward_with_view: the scoring pass)",
         "frames": {"standard": int(labels.sum()), "substandard": int((~labels).sum())},
         "protocol": f"grouped 2-fold CV stratified by label, {args.repeats} repeats; references = standard frames "
         f"of the training fold (~{int(labels.sum()) // 2}); top_k {args.top_k}",

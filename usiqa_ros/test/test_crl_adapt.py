@@ -56,7 +56,7 @@ def test_crl_takes_the_nodes_saved_set_of_the_same_model_and_refuses_another(swe
     from usiqa_ros.core.references import ReferenceFrame, ReferenceSet
 
     ck = load_checkpoint(None)
-    dim = ck.model.global_pool.out_features
+    dim = ck.model.view_dim
     saved = tmp_path / "saved"
     rng = np.random.default_rng(0)
     ReferenceSet(ck.model_id, rng.normal(size=(3, dim)), [ReferenceFrame(group=i) for i in range(3)]).save(saved)

@@ -41,6 +41,24 @@ def test_forward_shapes_and_score_range(preset):
     assert ((score >= 0) & (score <= 1)).all()
 
 
+@pytest.mark.parametrize("preset", ["usqnet", "usqnet_lite", "usqnet_lite_resnet18"])
+def test_view_embedding_comes_from_the_scoring_pass(preset):
+    """forward_with_view gives forward's logits (EfficientNet's forward_features is split to reach its last
+    stage: the split must not change the score) and a unit-norm embedding of the last stage's channels."""
+    torch.manual_seed(0)
+    model = build_model(preset).eval()
+    s = model.config.input_size
+    x = torch.rand(2, 3, s, s)
+    with torch.inference_mode():
+        logits, view = model.forward_with_view(x)
+        assert torch.allclose(logits, model(x), atol=1e-5)
+        assert torch.allclose(view, model.view_embedding(x))
+    assert view.shape == (2, model.view_dim) and model.view_dim == model.backbone.feature_info[-1]["num_chs"]
+    assert torch.allclose(view.norm(dim=1), torch.ones(2), atol=1e-5)
+    # it is a pooled map of the image, not a constant: two different inputs give two different embeddings
+    assert (view[0] - view[1]).abs().max() > 1e-4
+
+
 def test_stage_outputs_match_spec():
     model = build_model("usqnet").eval()
     shapes = [(256, 56), (512, 28), (1024, 14), (2048, 7)]

@@ -189,7 +189,7 @@ def test_both_backends_return_the_embedding_of_the_scoring_pass(engines):
     from usiqa_ros.core.preprocess import to_batch
 
     with torch.inference_mode():
-        ref = model.forward_features(to_batch([eager.preprocess(f) for f in frames])).numpy()
+        ref = model.view_embedding(to_batch([eager.preprocess(f) for f in frames])).numpy()
     for i in range(3):
         assert a[i].embedding.shape == ref[i].shape
         np.testing.assert_allclose(a[i].embedding, ref[i], rtol=1e-4, atol=1e-5)

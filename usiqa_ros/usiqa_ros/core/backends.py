@@ -59,8 +59,8 @@ class BackendOptions:
 
 
 class ScoreAndEmbed(nn.Module):
-    """The model's one forward pass with two outputs: (logits B x G, embedding B x D = forward_features, the
-    second-order descriptor). The view score of the reference views needs the embedding of the very pass that
+    """The model's one forward pass with two outputs: (logits B x G, view embedding B x C, see
+    USQNet.forward_with_view). The view score of the reference views needs the embedding of the very pass that
     scored the frame, never a second model run."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -68,9 +68,9 @@ class ScoreAndEmbed(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        model: Any = self.model  # a USQNet (forward_features / forward_head)
-        features = model.forward_features(x)
-        return model.forward_head(features), features
+        model: Any = self.model  # a USQNet
+        logits, view = model.forward_with_view(x)
+        return logits, view
 
 
 class Backend:

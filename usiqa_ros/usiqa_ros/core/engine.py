@@ -57,7 +57,7 @@ class EngineConfig:
 @dataclass
 class FrameScore:
     """Quality of one frame: grade 1..G, score in [0, 1], probabilities per grade, and the embedding of the same
-    forward pass (the model's forward_features, float32 D; reference views compare these)."""
+    forward pass (the model's view embedding, float32 C, USQNet.forward_with_view; reference views compare these)."""
 
     grade: int
     score: float

@@ -34,7 +34,8 @@ import numpy as np
 
 from usiqa_ros.core.safe_io import atomic_write_with
 
-FORMAT = "usiqa-references/1"
+# /2: embeddings are view embeddings (USQNet.forward_with_view); /1 sets held second-order descriptors
+FORMAT = "usiqa-references/2"
 REFERENCE_FILE = "references.safetensors"
 DEFAULT_TOP_K = 5
 HALF_LIFE = 0.5  # view score 0.5 at d = (1 + HALF_LIFE) * d0 (see module docstring)
@@ -205,7 +206,12 @@ class ReferenceSet:
                 meta = f.metadata() or {}
                 emb = f.get_tensor("embeddings")
             if meta.get("format") != FORMAT:
-                raise ValueError(f"format {meta.get('format')!r}, expected {FORMAT!r}")
+                old = (
+                    " (made before view embeddings: capture the references again)"
+                    if meta.get("format") == "usiqa-references/1"
+                    else ""
+                )
+                raise ValueError(f"format {meta.get('format')!r}, expected {FORMAT!r}{old}")
             frames = [ReferenceFrame(**d) for d in json.loads(meta["frames"])]
             saved_model = meta["model_id"]
             top_k = int(meta.get("top_k", DEFAULT_TOP_K))

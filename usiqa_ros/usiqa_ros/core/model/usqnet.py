@@ -129,12 +129,23 @@ class USQNet(nn.Module):
             nn.Linear(config.head_hidden, config.num_grades),
         )
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """B x 3 x H x W in [0, 1] -> B x D second-order descriptor (the embedding used by CRL-UIQA)."""
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         cfg = self.config
-        if cfg.input_mean != 0.0 or cfg.input_std != 1.0:
-            x = (x - cfg.input_mean) / cfg.input_std
-        features: torch.Tensor = self.global_pool(self.backbone.forward_features(x))
+        return (x - cfg.input_mean) / cfg.input_std if cfg.input_mean != 0.0 or cfg.input_std != 1.0 else x
+
+    def _backbone_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised input -> (last stage's feature map, the map the global pooling reads). They differ for
+        EfficientNet (a 1x1 head convolution follows the last stage) and are one map for ResNet-family nets."""
+        bb = self.backbone
+        if hasattr(bb, "conv_head") and hasattr(bb, "blocks"):  # timm EfficientNet: forward_features, split
+            stage = bb.blocks(bb.bn1(bb.conv_stem(x)))
+            return stage, bb.bn2(bb.conv_head(stage))
+        features = bb.forward_features(x)
+        return features, features
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """B x 3 x H x W in [0, 1] -> B x D second-order descriptor (what the grade head reads)."""
+        features: torch.Tensor = self.global_pool(self.backbone.forward_features(self._normalise(x)))
         return features
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
@@ -143,6 +154,26 @@ class USQNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+    def forward_with_view(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One pass -> (logits B x G, view embedding B x C): the L2-normalised global average of the backbone's
+        last stage. The view embedding, not the second-order descriptor, is what reference views compare: the
+        descriptor is trained to rank artefacts and separates views poorly, while the stage's pooled features
+        (frozen ImageNet blocks below a fine-tuned last one) keep what the image shows. Bundled model, vs the
+        descriptor: phantom sweep Spearman 0.80 vs 0.45, anatomy retrieval on real frames AUC 0.99 vs 0.80, hip
+        standard plane AUC 0.71 vs 0.72 (README "Reference views")."""
+        stage, features = self._backbone_maps(self._normalise(x))
+        logits = self.forward_head(self.global_pool(features))
+        return logits, nn.functional.normalize(stage.mean((2, 3)), dim=1)
+
+    @property
+    def view_dim(self) -> int:
+        """Size C of the view embedding: the last stage's channels."""
+        return int(self.backbone.feature_info[-1]["num_chs"])
+
+    def view_embedding(self, x: torch.Tensor) -> torch.Tensor:
+        """B x 3 x H x W in [0, 1] -> B x C view embedding (see forward_with_view)."""
+        return self.forward_with_view(x)[1]
 
 
 def expected_score(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

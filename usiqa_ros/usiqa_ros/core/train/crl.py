@@ -1,7 +1,7 @@
 """CRL-UIQA: quality regression without labels, from a few high-quality reference planes (MICCAI 2024).
 
-1. Embed every training image and every reference plane with a frozen encoder (`USQNet.forward_features`
-   of `init_checkpoint`, default: the bundled model).
+1. Embed every training image and every reference plane with a frozen encoder (`USQNet.view_embedding` of
+   `init_checkpoint`, default: the bundled model; the embedding the node's reference views compare).
 2. Pseudo-label s_i = -mean of the k smallest Euclidean distances to the references; Yeo-Johnson
    (scipy.stats.yeojohnson) then min-max to [0, 1].
 3. Train the regressor with L = alpha*MSE(pred, s) + theta*MSE(pred(weak), pred)
@@ -75,7 +75,7 @@ def embed(model: USQNet, frames: list[np.ndarray], pre: PreprocessConfig, batch:
     model.eval()
     out = []
     for i in range(0, len(frames), batch):
-        out.append(model.forward_features(to_batch([preprocess_frame(f, pre) for f in frames[i : i + batch]])))
+        out.append(model.view_embedding(to_batch([preprocess_frame(f, pre) for f in frames[i : i + batch]])))
     return torch.cat(out).float().numpy()
 
 
@@ -115,7 +115,12 @@ def reference_embeddings(path: str, encoder: USQNet, encoder_id: str, pre: Prepr
     p = Path(path)
     kind = source_kind(p) if p.is_dir() or p.suffix in (".mcap", ".db3", ".safetensors") else "items"
     if kind == "set":
-        return ReferenceSet.load(p, encoder_id).embeddings
+        emb = ReferenceSet.load(p, encoder_id).embeddings
+        if emb.shape[1] != encoder.view_dim:
+            raise ValueError(
+                f"{p}: embeddings of size {emb.shape[1]}, the encoder's view embedding has {encoder.view_dim}"
+            )
+        return emb
     if kind in ("bag", "frames") and not (p / "labels.csv").exists():
         return embed(encoder, [to_gray_float(f) for f, _ in read_source_frames(p)], pre)
     return embed(encoder, frames_of(load_any(path)), pre)
