@@ -97,6 +97,19 @@ def test_other_model_is_refused_with_one_message_naming_the_file(tmp_path):
         ReferenceSet.load(tmp_path, "usqnet_lite@bbbb")
 
 
+def test_set_of_the_descriptor_era_is_refused_with_the_reason(tmp_path):
+    """Format /1 sets hold second-order descriptors, not view embeddings: distances to them would be meaningless."""
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    path = _set().save(tmp_path)
+    with safe_open(str(path), framework="numpy") as f:
+        meta, emb = f.metadata(), f.get_tensor("embeddings")
+    save_file({"embeddings": emb}, str(path), metadata=meta | {"format": "usiqa-references/1"})
+    with pytest.raises(ReferenceError, match=f"reference set {path} .*made before view embeddings: capture the"):
+        ReferenceSet.load(tmp_path, "m@1")
+
+
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "no_frames"])
 def test_corrupt_set_is_refused(tmp_path, damage):
     path = _set().save(tmp_path)
