@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", default="", help="checkpoint (default: the bundled one)")
     ap.add_argument("--work", default="runs/quality")
     ap.add_argument("--train-work", default="runs/default_model", help="cache of scripts/train_default_model.py")
-    ap.add_argument("--units", type=int, default=3000)
+    ap.add_argument("--units", type=int, default=6000, help="cached units of the train work dir (as the bundled model)")
     ap.add_argument("--shards", type=int, default=2)
     ap.add_argument("--lofo-steps", type=int, default=80)
     ap.add_argument("--lofo-units", type=int, default=8, help="units (4 images each) per step of the short runs")

@@ -11,10 +11,12 @@ view tasks:
   half of its groups; AUC of that anatomy's other groups against every other anatomy; 20 splits, mean over the
   four anatomies.
 
-Variants: `descriptor` (the 8,256-d second-order descriptor the grade head reads: the first view embedding) and
-the global average of blocks 4, 5, 6 (the last stage) or of the head convolution's map, raw, L2-normalised,
-power-normalised (signed square root, then L2) or sign-normalised (sign, then L2). The product's view embedding
-(USQNet.forward_with_view) is `block6_l2`; the anatomy task was added after that choice, as a check it did not see.
+Variants: `product` (USQNet.view_embedding, what the node compares), `descriptor` (the 8,256-d second-order
+descriptor the grade head reads: the first view embedding) and the global average of the trunk's blocks 4, 5, 6
+(the last stage) or of the head convolution's map, raw, L2-normalised, power-normalised (signed square root, then
+L2) or sign-normalised (sign, then L2). `--model` with an ImageNet-only checkpoint measures the untrained blocks.
+The product's embedding is `block6_l2` of ImageNet's blocks (a frozen copy beside the fine-tuned trunk); the
+anatomy task was added after that choice, as a check it did not see.
 """
 
 from __future__ import annotations
@@ -77,9 +79,11 @@ def main(argv: list[str] | None = None) -> int:
         parts: dict[str, list[torch.Tensor]] = {}
         with torch.inference_mode():
             for i in range(0, len(frames), 32):
-                desc = model.forward_features(to_batch([preprocess_frame(f, pre) for f in frames[i : i + 32]]))
+                x = to_batch([preprocess_frame(f, pre) for f in frames[i : i + 32]])
+                desc = model.forward_features(x)
                 for k, v in _variants(maps, desc).items():
                     parts.setdefault(k, []).append(v)
+                parts.setdefault("product", []).append(model.view_embedding(x))
         return {k: torch.cat(v).float().numpy() for k, v in parts.items()}
 
     def distances(refs: np.ndarray, x: np.ndarray, groups: list[int]) -> np.ndarray:
@@ -143,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "command": "python -m benchmarks.view_embeddings " + " ".join(argv or sys.argv[1:]),
         "model_id": ck.model_id,
-        "product_embedding": "block6_l2 (USQNet.forward_with_view)",
+        "product_embedding": "USQNet.view_embedding: L2-normalised average of the view branch (ImageNet blocks 5-6)"
+        if model.view_blocks is not None
+        else "USQNet.view_embedding: L2-normalised average of the trunk's last stage",
         "frames": {
             "real": len(rows),
             "hip": len(hip_idx),

@@ -97,11 +97,14 @@ def test_backend_matches_eager_fp32_on_real_frames(backend, channels_last, model
     assert np.allclose([s.score for s in batched], [engine.score_one(f).score for f in frames[:5]], atol=1e-5)
 
 
-def test_bf16_autocast_runs_close_to_eager(model_path, frames, reference):
-    """Reduced precision: a loose bound here; grade agreement on all real frames is in the benchmark."""
+def test_bf16_autocast_runs_close_to_eager(model_path, frames):
+    """Reduced precision (opt-in, `amp`): the published score stays close to fp32 (bundled model: median
+    |delta| 0.012, max 0.16 on these frames; grade agreement on all real frames is in the benchmark)."""
+    exact = Engine(EngineConfig(model_path=str(model_path), backend="eager", channels_last=False)).score(frames)
     engine = Engine(EngineConfig(model_path=str(model_path), backend="eager", amp=True))
     assert engine.backend.precision == "bf16"
-    assert np.abs(_probs(engine, frames) - reference).max() < 0.2
+    delta = np.abs(np.array([s.score for s in engine.score(frames)]) - np.array([s.score for s in exact]))
+    assert np.median(delta) < 0.03 and delta.max() < 0.25, delta.round(3).tolist()
 
 
 def test_auto_picks_onnxruntime_on_cpu(model_path):

@@ -59,6 +59,66 @@ def test_view_embedding_comes_from_the_scoring_pass(preset):
     assert (view[0] - view[1]).abs().max() > 1e-4
 
 
+def test_view_branch_is_a_frozen_copy_that_quality_training_cannot_move():
+    """view_shared_blocks=k: the view embedding comes from a copy of blocks k.. taken at the starting weights;
+    changing the trunk's blocks k.. (what quality training does) changes the score, not the view embedding; the
+    branch is left out of the trained parameters and stays in eval mode."""
+    from dataclasses import replace
+
+    from usiqa_ros.core.model.usqnet import usqnet_lite_config
+    from usiqa_ros.core.train.families import top_parameters
+
+    torch.manual_seed(0)
+    model = build_model(replace(usqnet_lite_config(), view_shared_blocks=5))
+    model.init_view_branch()
+    assert model.view_blocks is not None
+    trunk = model.backbone.blocks[5:].state_dict()
+    assert all(torch.equal(v, trunk[k]) for k, v in model.view_blocks.state_dict().items())
+    branch = {id(p) for p in model.view_blocks.parameters()}
+    assert branch and not branch & {id(p) for p in top_parameters(model, 5)}
+    model.train()
+    assert model.backbone.blocks[6].training and not model.view_blocks.training
+    model.eval()
+    x = torch.rand(2, 3, 160, 160)
+    with torch.inference_mode():
+        logits0, view0 = model.forward_with_view(x)
+        assert torch.allclose(logits0, model(x), atol=1e-5)
+        for p in model.backbone.blocks[5:].parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        logits1, view1 = model.forward_with_view(x)
+    assert torch.equal(view0, view1) and not torch.allclose(logits0, logits1)
+
+
+def test_view_branch_needs_an_efficientnet_backbone():
+    from dataclasses import replace
+
+    from usiqa_ros.core.model.usqnet import usqnet_lite_resnet18_config
+
+    with pytest.raises(ValueError, match="view_shared_blocks=2 needs an EfficientNet-style backbone"):
+        build_model(replace(usqnet_lite_resnet18_config(), view_shared_blocks=2))
+
+
+def test_bundled_model_view_branch_holds_imagenet_weights():
+    """The bundled model's view embedding is ImageNet's (blocks 5-6), its trunk's blocks 5-6 are trained."""
+    from conftest import require
+
+    from usiqa_ros.core.checkpoint import load_checkpoint
+    from usiqa_ros.core.model.pretrained import PretrainedUnavailable, load_imagenet_backbone
+
+    model = load_checkpoint(None).model
+    k = model.config.view_shared_blocks
+    assert k == 5 and model.view_blocks is not None
+    imagenet = build_model("usqnet_lite")
+    try:
+        load_imagenet_backbone(imagenet.backbone, imagenet.config.backbone)
+    except PretrainedUnavailable as e:
+        require(False, str(e))
+    want = imagenet.backbone.blocks[k:].state_dict()
+    assert all(torch.equal(v.float(), want[n].float()) for n, v in model.view_blocks.state_dict().items())
+    trunk = model.backbone.blocks[k:].state_dict()
+    assert any(not torch.equal(trunk[n].float(), want[n].float()) for n in want if want[n].is_floating_point())
+
+
 def test_stage_outputs_match_spec():
     model = build_model("usqnet").eval()
     shapes = [(256, 56), (512, 28), (1024, 14), (2048, 7)]

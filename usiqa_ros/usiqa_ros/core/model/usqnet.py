@@ -13,6 +13,7 @@ training feed the same [0, 1] tensor and the checkpoint's architecture records t
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass
 from typing import Any, cast
 
@@ -42,6 +43,10 @@ class USQNetConfig:
     # Applied inside forward_features to the [0, 1] input (the reference model uses none: 0 and 1).
     input_mean: float = 0.0
     input_std: float = 1.0
+    # View embedding (reference views): 0 = from the trunk's last stage; k > 0 = from a frozen copy of backbone
+    # blocks k.. at their starting (ImageNet) weights, fed by block k-1 (EfficientNet backbones). Quality
+    # training fine-tunes blocks k..; the copy keeps what the image shows (see forward_with_view).
+    view_shared_blocks: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -121,6 +126,16 @@ class USQNet(nn.Module):
                 if not hasattr(last_block, "se"):
                     raise ValueError(f"{config.backbone}.{name} blocks have no `se` slot for the local attention")
                 last_block.se = LocalSoPAttention(ch, config.local_dim, config.local_hidden, stride)
+        self.view_blocks: nn.Module | None = None
+        if config.view_shared_blocks:
+            blocks = getattr(self.backbone, "blocks", None)
+            if blocks is None or not 0 < config.view_shared_blocks < len(blocks):
+                raise ValueError(
+                    f"view_shared_blocks={config.view_shared_blocks} needs an EfficientNet-style backbone with more "
+                    f"blocks ({config.backbone} has {len(blocks) if blocks is not None else 'no'} blocks)"
+                )
+            self.view_blocks = copy.deepcopy(blocks[config.view_shared_blocks :])
+            self.view_blocks.requires_grad_(False)
         self.global_pool = GlobalSoPPooling(self.backbone.num_features, config.global_dim, config.ns_iterations)
         self.head = nn.Sequential(
             nn.Linear(self.global_pool.out_features, config.head_hidden),
@@ -133,12 +148,32 @@ class USQNet(nn.Module):
         cfg = self.config
         return (x - cfg.input_mean) / cfg.input_std if cfg.input_mean != 0.0 or cfg.input_std != 1.0 else x
 
+    def init_view_branch(self) -> None:
+        """Copy the backbone's blocks view_shared_blocks.. into the frozen view branch: call once the backbone
+        holds its starting (ImageNet) weights, before quality training changes them."""
+        if self.view_blocks is not None:
+            k = self.config.view_shared_blocks
+            self.view_blocks.load_state_dict(self.backbone.blocks[k:].state_dict())
+
+    def train(self, mode: bool = True) -> USQNet:
+        """As nn.Module.train, but the frozen view branch stays in eval mode (its batch-norm statistics too)."""
+        super().train(mode)
+        if self.view_blocks is not None:
+            self.view_blocks.eval()
+        return self
+
     def _backbone_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised input -> (last stage's feature map, the map the global pooling reads). They differ for
-        EfficientNet (a 1x1 head convolution follows the last stage) and are one map for ResNet-family nets."""
+        """Normalised input -> (the map the view embedding pools, the map the global pooling reads): the last
+        stage and the 1x1 head convolution's map for EfficientNet (or the view branch's map when there is one),
+        one map for ResNet-family nets."""
         bb = self.backbone
         if hasattr(bb, "conv_head") and hasattr(bb, "blocks"):  # timm EfficientNet: forward_features, split
-            stage = bb.blocks(bb.bn1(bb.conv_stem(x)))
+            x = bb.bn1(bb.conv_stem(x))
+            if self.view_blocks is not None:
+                shared = bb.blocks[: self.config.view_shared_blocks](x)
+                stage = bb.blocks[self.config.view_shared_blocks :](shared)
+                return self.view_blocks(shared), bb.bn2(bb.conv_head(stage))
+            stage = bb.blocks(x)
             return stage, bb.bn2(bb.conv_head(stage))
         features = bb.forward_features(x)
         return features, features
@@ -157,11 +192,10 @@ class USQNet(nn.Module):
 
     def forward_with_view(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One pass -> (logits B x G, view embedding B x C): the L2-normalised global average of the backbone's
-        last stage. The view embedding, not the second-order descriptor, is what reference views compare: the
-        descriptor is trained to rank artefacts and separates views poorly, while the stage's pooled features
-        (frozen ImageNet blocks below a fine-tuned last one) keep what the image shows. Bundled model, vs the
-        descriptor: phantom sweep Spearman 0.80 vs 0.45, anatomy retrieval on real frames AUC 0.99 vs 0.80, hip
-        standard plane AUC 0.71 vs 0.72 (README "Reference views")."""
+        last stage, taken from the frozen view branch when the model has one. The view embedding, not the
+        second-order descriptor, is what reference views compare: the descriptor is trained to rank artefacts and
+        separates views poorly, and so do last blocks fine-tuned for quality, while ImageNet's last stage keeps
+        what the image shows (README "Reference views", benchmarks/results/view_embeddings.json)."""
         stage, features = self._backbone_maps(self._normalise(x))
         logits = self.forward_head(self.global_pool(features))
         return logits, nn.functional.normalize(stage.mean((2, 3)), dim=1)

@@ -177,7 +177,7 @@ def top_parameters(model: USQNet, frozen_blocks: int) -> list[torch.nn.Parameter
         mods = [bb.conv1, bb.bn1] + [getattr(bb, n) for n in ("layer1", "layer2", "layer3", "layer4")[:frozen_blocks]]
     for m in mods:
         frozen |= {id(p) for p in m.parameters()}
-    return [p for p in model.parameters() if id(p) not in frozen]
+    return [p for p in model.parameters() if id(p) not in frozen and p.requires_grad]  # not the view branch
 
 
 def set_train_mode(model: USQNet, frozen_blocks: int) -> None:
