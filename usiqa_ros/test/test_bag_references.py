@@ -93,7 +93,7 @@ def test_eval_bag_with_references_writes_view_columns_and_fields(tmp_path, capsy
     assert json.loads((out / "summary.json").read_text())["reference_views"] == 2
     records, note = bagio.read_scores(out / "scores_bag")
     assert note == "" and len(records) == 5
-    assert [round(r.view_score, 4) for r in records] == [round(float(r["view_score"]), 4) for r in rows]
+    assert [r.view_score for r in records] == pytest.approx([float(r["view_score"]) for r in rows], abs=1e-4)
     # without references: view_score empty in the CSV, NaN in the bag, score = artifact_score
     out2 = tmp_path / "eval2"
     assert bag_eval.main([str(tmp_path / "sweep"), "--out", str(out2), "--no-progress"]) == 0
