@@ -175,8 +175,8 @@ def degraded_sweep(real_us: Path, n: int = 12) -> tuple[list[np.ndarray], set[in
 def quality_sweep() -> tuple[list[np.ndarray], set[int], list[float]]:
     """Eight frames, clean and heavily degraded alternating: real frames of the bundled sample clip and copies
     with degradations any image-quality model must see (contact loss, a dark sector, a shadow, attenuation), so the
-    "never a degraded frame" checks test the server, not the model. The phantom's renders are not used here: the
-    bundled model scores every phantom pose 0.16-0.30 (out of its domain), contact loss slightly above clean views.
+    "never a degraded frame" checks test the server, not the model. The phantom's renders are not used here: how
+    a model ranks them is the model's business (an earlier bundled model scored every phantom pose 0.16-0.30).
     Returns the frames, the degraded indices and a 0/1 truth per frame."""
     frames = sample_frames(8)
     bad = {1, 3, 5, 7}
