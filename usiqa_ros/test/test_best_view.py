@@ -43,7 +43,8 @@ def bv_node(ns: str, **params):
     """An IqaNode in namespace `ns` (so its best_view_search action is private to the test), reliable input."""
     from usiqa_ros.ros.iqa_node import IqaNode
 
-    params = {"qos_reliability": "reliable", "best_view.no_image_grace_s": 1.0} | params
+    # grace 5 s: a goal must not end NO_IMAGES because the shared 2-core machine stalled scoring for a second
+    params = {"qos_reliability": "reliable", "best_view.no_image_grace_s": 5.0} | params
     node = IqaNode("iqa", namespace=ns, parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
     spinner = Spinner(node)
     try:
@@ -264,7 +265,8 @@ def test_no_images_after_grace_period(main_node):
     took = time.monotonic() - t0
     assert result.outcome == R.NO_IMAGES, result.message
     assert result.frames_evaluated == 0 and result.best.grade == QualityScore.GRADE_UNKNOWN
-    assert 1.0 <= took < 2.5, f"NO_IMAGES after {took:.2f} s with a 1 s grace period"
+    grace = node.param("best_view.no_image_grace_s")
+    assert grace <= took < grace + 1.5, f"NO_IMAGES after {took:.2f} s with a {grace:g} s grace period"
 
 
 def test_default_timeout_used_when_goal_timeout_is_zero(ros):
@@ -454,7 +456,7 @@ def test_scoring_rate_unchanged_during_goal_and_feedback_bounded(main_node):
         streamer.join()
     assert result.outcome == R.TIMEOUT
     assert before > 0 and after > 0
-    assert during >= 0.6 * (before + after) / 2, (
+    assert during >= 0.5 * (before + after) / 2, (  # a blocked executor or a model run per goal gives far less
         f"scores in {window} s: before {before}, during {during}, after {after}"
     )
     # the goal saw the frames scored meanwhile; the client's window is off the server's by transport latency at
