@@ -443,7 +443,7 @@ def test_scoring_rate_unchanged_during_goal_and_feedback_bounded(main_node):
         search = peer.client.start(
             target_score=0.0,
             timeout=window + 0.5,
-            feedback=lambda f: feedback.append((stamp_ns(f.current.header) * 1e-9, f.frames_evaluated)),
+            feedback=lambda f: feedback.append((time.monotonic(), f.frames_evaluated)),
         )
         t_during = time.monotonic()
         result = search.result(timeout=10)
@@ -467,9 +467,9 @@ def test_scoring_rate_unchanged_during_goal_and_feedback_bounded(main_node):
     # feedback: 2 Hz configured -> at most 2 per second (+1 for the first), and it does flow
     span = window + 0.5
     assert 2 <= len(feedback) <= 2.0 * span + 1
-    # spacing on the sender's side: the stamps of the frames the feedback carries (arrival times bunch up when the
-    # shared cores delay delivery: a 0.11 s arrival gap was seen in CI between feedback sent 0.5 s apart)
-    gaps = np.diff([t for t, _ in feedback])
-    assert gaps.min() > 0.5 * (1 / 2.0), np.round(gaps, 3).tolist()  # latency jitter allowed, no bursts
+    # no bursts: at most 3 feedback messages arrive within any 1 s (2 Hz, plus one delayed delivery bunching up with
+    # the next: arrival gaps of 0.11 s and frame-stamp gaps of 0.2 s were seen in CI for feedback sent 0.5 s apart)
+    times = np.array([t for t, _ in feedback])
+    assert max(int(((times >= t) & (times < t + 1.0)).sum()) for t in times) <= 3, np.diff(times).round(3).tolist()
     counts = [n for _, n in feedback]
     assert counts == sorted(counts) and counts[-1] <= result.frames_evaluated
