@@ -82,17 +82,12 @@ def get_cache(work: Path, preset: str, init: str, units: int, shards: int, seed:
     """Cache shards in `work` (built in parallel processes when missing), concatenated."""
     work.mkdir(parents=True, exist_ok=True)
     per = units // shards
-    jobs = []
-    for i in range(shards):
-        path = work / f"cache_{preset}_f{frozen}_s{seed}_{i}of{shards}_{per}.safetensors"
-        if not path.exists():
-            jobs.append((preset, init, per, seed * 1000 + i, frozen, str(path)))
+    paths = [work / f"cache_{preset}_f{frozen}_s{seed}_{i}of{shards}_{per}.safetensors" for i in range(shards)]
+    jobs = [(preset, init, per, seed * 1000 + i, frozen, str(p)) for i, p in enumerate(paths) if not p.exists()]
     if jobs:
         with mp.get_context("spawn").Pool(min(len(jobs), shards)) as pool:
             pool.map(_shard, jobs)
-    return Cache.concat(
-        [Cache.load(work / f"cache_{preset}_f{frozen}_s{seed}_{i}of{shards}_{per}.safetensors") for i in range(shards)]
-    )
+    return Cache.concat([Cache.load(p) for p in paths])
 
 
 def main() -> None:
