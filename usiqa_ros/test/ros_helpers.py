@@ -11,18 +11,18 @@ from typing import Any
 
 import cv2
 import numpy as np
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image
 
 from usiqa_ros.core.convert import array_to_image
+from usiqa_ros.ros.spin import MultiThreadedExecutor
 
 SAMPLE_FRAMES = Path(__file__).resolve().parents[1] / "usiqa_ros" / "sample_frames"
 
 
 class Spinner:
-    """Spins nodes in a MultiThreadedExecutor on a background thread."""
+    """Spins nodes in the package's MultiThreadedExecutor (the one iqa_node uses) on a background thread."""
 
     def __init__(self, *nodes: Node, threads: int = 4) -> None:
         self.executor = MultiThreadedExecutor(num_threads=threads)

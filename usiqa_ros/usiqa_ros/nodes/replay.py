@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import rclpy
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
@@ -34,6 +33,7 @@ from usiqa_msgs.msg import QualityScore
 from usiqa_ros.core import bagio
 from usiqa_ros.core.bagio import BagError
 from usiqa_ros.core.safe_io import atomic_open
+from usiqa_ros.ros.spin import MultiThreadedExecutor
 
 
 @dataclass

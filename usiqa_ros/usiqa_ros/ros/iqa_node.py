@@ -27,7 +27,7 @@ import rclpy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.duration import Duration
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.publisher import Publisher
@@ -47,7 +47,7 @@ from usiqa_ros.core.references import ReferenceError, ReferenceFrame, ReferenceS
 from usiqa_ros.ros.annotate import DebugImage
 from usiqa_ros.ros.best_view import BestViewConfig, BestViewServer, ScoreListener
 from usiqa_ros.ros.diagnostics import Health, IqaDiagnostics, NodeStats, parameter_descriptors
-from usiqa_ros.ros.spin import ignore_sigint
+from usiqa_ros.ros.spin import MultiThreadedExecutor, ignore_sigint
 
 
 @dataclass
