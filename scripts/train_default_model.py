@@ -90,6 +90,15 @@ def get_cache(work: Path, preset: str, init: str, units: int, shards: int, seed:
     return Cache.concat([Cache.load(p) for p in paths])
 
 
+def serve_note(trained: int, served: int) -> str:
+    return (
+        f"trained at {trained} px (cached features), scored at {served} px (the checkpoint's input_size): the "
+        "backbone is convolutional and the second-order pooling size-free, and pixel-level artefacts (uncorrelated "
+        f"noise, noise in dark regions) partly vanish in the resize to {trained} px (benchmarks/results/quality.md); "
+        f"the view embedding stays at {trained} px (view_input_size), where the view results hold"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="usqnet_lite", choices=sorted(FROZEN))
@@ -105,6 +114,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads for training (1 is fastest under load)")
     ap.add_argument("--frozen", type=int, default=-1, help="leading blocks/stages kept frozen (default: per preset)")
+    ap.add_argument(
+        "--serve-size",
+        type=int,
+        default=224,
+        help="input size written to the checkpoint (the node's default; 0 = the training size, 160 for lite)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(args.work)
@@ -144,6 +159,10 @@ def main() -> None:
         "final_losses": summary["history"][-1] if summary["history"] else None,
         "command": "scripts/train_default_model.py " + " ".join(sys.argv[1:]),
     }
+    if args.serve_size and args.serve_size != model.config.input_size:
+        training["served_at"] = serve_note(model.config.input_size, args.serve_size)
+        # views stay embedded at the training size: their results were measured there (README)
+        model.config = replace(model.config, input_size=args.serve_size, view_input_size=model.config.input_size)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = save_checkpoint(out / f"{name}.safetensors", model, training=training)

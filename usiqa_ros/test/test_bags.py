@@ -145,8 +145,9 @@ def test_storages_and_compressed_images(storage, fmt, frames, engine, raw_scores
     assert [f.stamp_ns for f in s.frames] == made.stamps_ns
     ref = np.array([f.score for f in raw_scores.frames])
     got = np.array([f.score for f in s.frames])
-    if fmt == "jpeg":  # lossy: close, not equal
-        assert np.abs(got - ref).max() < 0.05
+    if fmt == "jpeg":  # lossy (q90): close, not equal; the model rates block artefacts (a training family)
+        delta = np.abs(got - ref)
+        assert np.median(delta) < 0.02 and delta.max() < 0.1, delta.round(3).tolist()
     else:  # lossless: the same pixels, the same scores
         np.testing.assert_allclose(got, ref, atol=1e-4)
 

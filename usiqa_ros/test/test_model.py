@@ -59,6 +59,25 @@ def test_view_embedding_comes_from_the_scoring_pass(preset):
     assert (view[0] - view[1]).abs().max() > 1e-4
 
 
+def test_view_input_size_embeds_views_at_their_own_size():
+    """view_input_size: scoring at 224 px, the view embedding from the input resized to 160 px (bilinear, inside
+    the model, so ONNX carries it); the logits stay those of the 224-px pass."""
+    from dataclasses import replace
+
+    torch.manual_seed(0)
+    base = build_model(replace(build_model("usqnet_lite").config, view_shared_blocks=5)).eval()
+    split = build_model(replace(base.config, input_size=224, view_input_size=160)).eval()
+    split.load_state_dict(base.state_dict())
+    x = torch.rand(2, 3, 224, 224)
+    small = torch.nn.functional.interpolate(x, size=(160, 160), mode="bilinear", align_corners=False)
+    with torch.inference_mode():
+        logits, view = split.forward_with_view(x)
+        assert torch.allclose(logits, base(x), atol=1e-5)  # the score: the full-size pass
+        assert torch.allclose(view, base.view_embedding(small), atol=1e-5)  # the view: the 160-px input
+        assert not torch.allclose(view, base.view_embedding(x), atol=1e-3)
+        assert torch.allclose(split.view_embedding(small), base.view_embedding(small))  # already 160: no resize
+
+
 def test_view_branch_is_a_frozen_copy_that_quality_training_cannot_move():
     """view_shared_blocks=k: the view embedding comes from a copy of blocks k.. taken at the starting weights;
     changing the trunk's blocks k.. (what quality training does) changes the score, not the view embedding; the

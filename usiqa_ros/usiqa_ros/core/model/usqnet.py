@@ -47,6 +47,10 @@ class USQNetConfig:
     # blocks k.. at their starting (ImageNet) weights, fed by block k-1 (EfficientNet backbones). Quality
     # training fine-tunes blocks k..; the copy keeps what the image shows (see forward_with_view).
     view_shared_blocks: int = 0
+    # Input side of the view embedding: 0 = the scoring input; else the normalised input is resized (bilinear)
+    # to this side for the view path only. The bundled model scores at 224 px (pixel-level artefacts survive)
+    # and embeds views at 160 px, the size its view results were measured at (README "Served at 224 px").
+    view_input_size: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -196,7 +200,14 @@ class USQNet(nn.Module):
         second-order descriptor, is what reference views compare: the descriptor is trained to rank artefacts and
         separates views poorly, and so do last blocks fine-tuned for quality, while ImageNet's last stage keeps
         what the image shows (README "Reference views", benchmarks/results/view_embeddings.json)."""
-        stage, features = self._backbone_maps(self._normalise(x))
+        x = self._normalise(x)
+        side = self.config.view_input_size
+        if side and x.shape[-1] != side:
+            _, features = self._backbone_maps(x)
+            small = nn.functional.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
+            stage, _ = self._backbone_maps(small)
+        else:
+            stage, features = self._backbone_maps(x)
         logits = self.forward_head(self.global_pool(features))
         return logits, nn.functional.normalize(stage.mean((2, 3)), dim=1)
 
