@@ -1,4 +1,5 @@
-"""The one way our small command-line nodes run: init, build, spin until Ctrl-C or shutdown, clean up."""
+"""How our nodes spin: the package's MultiThreadedExecutor (rclpy's without its busy loop; iqa_node, usiqa-replay,
+the tests) and the one way the small command-line nodes run (init, build, spin until Ctrl-C or shutdown, clean up)."""
 
 from __future__ import annotations
 
