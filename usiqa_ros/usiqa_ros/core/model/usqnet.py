@@ -166,21 +166,21 @@ class USQNet(nn.Module):
             self.view_blocks.eval()
         return self
 
-    def _backbone_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _backbone_maps(self, x: torch.Tensor, view_x: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised input -> (the map the view embedding pools, the map the global pooling reads): the last
         stage and the 1x1 head convolution's map for EfficientNet (or the view branch's map when there is one),
-        one map for ResNet-family nets."""
+        one map for ResNet-family nets. `view_x`: the view path's own input (view_input_size); None = x, so both
+        maps come from one pass. Only the layers each map needs run on each input."""
         bb = self.backbone
         if hasattr(bb, "conv_head") and hasattr(bb, "blocks"):  # timm EfficientNet: forward_features, split
-            x = bb.bn1(bb.conv_stem(x))
+            k = self.config.view_shared_blocks if self.view_blocks is not None else len(bb.blocks)
+            shared = bb.blocks[:k](bb.bn1(bb.conv_stem(x)))
+            view = shared if view_x is None else bb.blocks[:k](bb.bn1(bb.conv_stem(view_x)))
             if self.view_blocks is not None:
-                shared = bb.blocks[: self.config.view_shared_blocks](x)
-                stage = bb.blocks[self.config.view_shared_blocks :](shared)
-                return self.view_blocks(shared), bb.bn2(bb.conv_head(stage))
-            stage = bb.blocks(x)
-            return stage, bb.bn2(bb.conv_head(stage))
+                view = self.view_blocks(view)
+            return view, bb.bn2(bb.conv_head(bb.blocks[k:](shared)))
         features = bb.forward_features(x)
-        return features, features
+        return (features if view_x is None else bb.forward_features(view_x)), features
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """B x 3 x H x W in [0, 1] -> B x D second-order descriptor (what the grade head reads)."""
@@ -202,12 +202,10 @@ class USQNet(nn.Module):
         what the image shows (README "Reference views", benchmarks/results/view_embeddings.json)."""
         x = self._normalise(x)
         side = self.config.view_input_size
+        small = None
         if side and x.shape[-1] != side:
-            _, features = self._backbone_maps(x)
             small = nn.functional.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
-            stage, _ = self._backbone_maps(small)
-        else:
-            stage, features = self._backbone_maps(x)
+        stage, features = self._backbone_maps(x, small)
         logits = self.forward_head(self.global_pool(features))
         return logits, nn.functional.normalize(stage.mean((2, 3)), dim=1)
 
