@@ -3,7 +3,6 @@ suspended coroutine still completes. Real rclpy nodes, timers and futures."""
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any
 
@@ -12,7 +11,7 @@ import rclpy.executors
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from rclpy.task import Future
-from ros_helpers import wait_for
+from ros_helpers import Spinner, wait_for
 from std_msgs.msg import UInt8MultiArray
 
 from usiqa_ros.ros.spin import MultiThreadedExecutor
@@ -52,10 +51,8 @@ def test_no_busy_loop_and_no_lost_messages(ros, spin_counter: list[int]) -> None
         UInt8MultiArray, "executor_t", callback, 10, callback_group=MutuallyExclusiveCallbackGroup()
     )
     pub = pub_node.create_publisher(UInt8MultiArray, "executor_t", 10)
-    executor = MultiThreadedExecutor(num_threads=4)
-    executor.add_node(node)
-    thread = threading.Thread(target=executor.spin, daemon=True)
-    thread.start()
+    spinner = Spinner(node, threads=4)
+    assert type(spinner.executor) is MultiThreadedExecutor  # the package's
     try:
         wait_for(lambda: pub.get_subscription_count() > 0, 10)
         msg = UInt8MultiArray(data=bytes(10_000))
@@ -69,8 +66,7 @@ def test_no_busy_loop_and_no_lost_messages(ros, spin_counter: list[int]) -> None
         wait_for(lambda: len(got) >= sent, 5)
         handed = spin_counter[0] - before
     finally:
-        executor.shutdown(timeout_sec=5.0)
-        thread.join(5.0)
+        spinner.stop()
         node.destroy_node()
         pub_node.destroy_node()
     assert handed <= 10 * sent, f"{handed} hand-outs for {sent} messages (busy loop)"
@@ -92,15 +88,12 @@ def test_a_suspended_coroutine_is_resumed(ros) -> None:
         future.set_result(7)
 
     timer = node.create_timer(0.3, setter)
-    executor = MultiThreadedExecutor(num_threads=2)
-    executor.add_node(node)
-    task = executor.create_task(waiter)
-    thread = threading.Thread(target=executor.spin, daemon=True)
-    thread.start()
+    spinner = Spinner(node, threads=2)
+    assert type(spinner.executor) is MultiThreadedExecutor
+    task = spinner.executor.create_task(waiter)
     try:
         wait_for(task.done, 5)
     finally:
-        executor.shutdown(timeout_sec=5.0)
-        thread.join(5.0)
+        spinner.stop()
         node.destroy_node()
     assert results == [7]
