@@ -8,8 +8,9 @@ The full USQNet (Res2Net-50, no offline ImageNet weights exist for it, so it sta
 Recipe (core/train/families.py): permissively licensed real frames only (core/data/corpus.py: us_corpus +
 CC BY/Apache/MIT rows of real_us, hip excluded, groups shared with real_us evaluation rows held out); each unit
 = a frame in 4 versions (clean, a flip/brightness/shift view, two degraded copies of two random artefact
-families); the backbone's early blocks stay at their ImageNet weights and are cached once; the top is
-trained with grade + ranking + consistency losses. Progress goes to <work>/train.log; the cache shards
+families) at 160 px, served at 224 px; the backbone's early blocks stay at their ImageNet weights and are cached
+once; the top is trained with grade + ranking + consistency losses; the view embedding reads a 160-px copy of
+the input. Progress goes to <work>/train.log; the cache shards
 (<work>/cache_*.safetensors) and the training state are resumable.
 """
 
@@ -36,6 +37,7 @@ from usiqa_ros.core.model.usqnet import PRESETS  # noqa: E402
 from usiqa_ros.core.train.families import (  # noqa: E402
     Cache,
     TopTrainConfig,
+    UnitConfig,
     balanced_picker,
     build_cache,
     load_frames,
@@ -47,13 +49,17 @@ from usiqa_ros.core.train.families import (  # noqa: E402
 FROZEN = {"usqnet_lite": 5, "usqnet": 2}
 
 
-def start_model(preset: str, init: str, view_blocks: int = 0) -> tuple[USQNet, str]:
-    """The starting weights: a pretrained checkpoint (--init), ImageNet (lite), or random (full USQNet). With
-    `view_blocks` k > 0 (ImageNet start), the model keeps a frozen copy of ImageNet blocks k.. for its view
-    embedding (USQNetConfig.view_shared_blocks)."""
+def start_model(preset: str, init: str, view_blocks: int = 0, size: int = 0) -> tuple[USQNet, str]:
+    """The starting weights: a pretrained checkpoint (--init), ImageNet (lite), or random (full USQNet), at input
+    `size` (0: the preset's). With `view_blocks` k > 0 (ImageNet start), the model keeps a frozen copy of ImageNet
+    blocks k.. for its view embedding (USQNetConfig.view_shared_blocks)."""
     if init:
-        return load_checkpoint(init).model, f"checkpoint {init}"
+        model = load_checkpoint(init).model
+        if size:
+            model.config = replace(model.config, input_size=size)
+        return model, f"checkpoint {init}"
     config = PRESETS[preset]()
+    config = replace(config, input_size=size or config.input_size)
     try:
         model = build_model(replace(config, view_shared_blocks=view_blocks))
         load_imagenet_backbone(model.backbone, model.config.backbone)
@@ -63,27 +69,39 @@ def start_model(preset: str, init: str, view_blocks: int = 0) -> tuple[USQNet, s
         return build_model(config), f"random initialisation ({e})"
 
 
-def _shard(args: tuple[str, str, int, int, int, str]) -> str:
-    preset, init, n_units, seed, frozen, path = args
+def _shard(args: tuple[str, str, int, int, int, int, str]) -> str:
+    preset, init, size, n_units, seed, frozen, path = args
     torch.set_num_threads(1)
-    model, _ = start_model(preset, init)
+    model, _ = start_model(preset, init, size=size)
+    unit_cfg = UnitConfig(input_size=model.config.input_size)
     corpus, real = load_rows(US_CORPUS, "us_corpus"), load_rows(REAL_US, "real_us")
     train_rows, _ = quality_split(corpus, real)
-    frames = load_frames(train_rows)
+    frames = load_frames(train_rows, max_side=max(400, unit_cfg.work_max))
     log = open(Path(path).with_suffix(".log"), "a")
     cache = build_cache(
-        model, frames, balanced_picker(train_rows), n_units, frozen, seed, log=lambda m: print(m, file=log, flush=True)
+        model,
+        frames,
+        balanced_picker(train_rows),
+        n_units,
+        frozen,
+        seed,
+        cfg=unit_cfg,
+        log=lambda m: print(m, file=log, flush=True),
     )
     cache.save(Path(path))
     return path
 
 
-def get_cache(work: Path, preset: str, init: str, units: int, shards: int, seed: int, frozen: int) -> Cache:
-    """Cache shards in `work` (built in parallel processes when missing), concatenated."""
+def get_cache(
+    work: Path, preset: str, init: str, units: int, shards: int, seed: int, frozen: int, size: int = 0
+) -> Cache:
+    """Cache shards in `work` (built in parallel processes when missing), concatenated; `size` 0 = the preset's."""
     work.mkdir(parents=True, exist_ok=True)
     per = units // shards
-    paths = [work / f"cache_{preset}_f{frozen}_s{seed}_{i}of{shards}_{per}.safetensors" for i in range(shards)]
-    jobs = [(preset, init, per, seed * 1000 + i, frozen, str(p)) for i, p in enumerate(paths) if not p.exists()]
+    size = size or PRESETS[preset]().input_size
+    name = f"cache_{preset}_{size}px_f{frozen}_s{seed}"
+    paths = [work / f"{name}_{i}of{shards}_{per}.safetensors" for i in range(shards)]
+    jobs = [(preset, init, size, per, seed * 1000 + i, frozen, str(p)) for i, p in enumerate(paths) if not p.exists()]
     if jobs:
         with mp.get_context("spawn").Pool(min(len(jobs), shards)) as pool:
             pool.map(_shard, jobs)
@@ -94,8 +112,7 @@ def serve_note(trained: int, served: int) -> str:
     return (
         f"trained at {trained} px (cached features), scored at {served} px (the checkpoint's input_size): the "
         "backbone is convolutional and the second-order pooling size-free, and pixel-level artefacts (uncorrelated "
-        f"noise, noise in dark regions) partly vanish in the resize to {trained} px (benchmarks/results/quality.md); "
-        f"the view embedding stays at {trained} px (view_input_size), where the view results hold"
+        f"noise, noise in dark regions) partly vanish in the resize to {trained} px (benchmarks/results/quality.md)"
     )
 
 
@@ -115,10 +132,22 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads for training (1 is fastest under load)")
     ap.add_argument("--frozen", type=int, default=-1, help="leading blocks/stages kept frozen (default: per preset)")
     ap.add_argument(
+        "--train-size",
+        type=int,
+        default=0,
+        help="input size of the cached units (0 = the preset's: 160 lite, 224 full; 224 for lite did worse, README)",
+    )
+    ap.add_argument(
         "--serve-size",
         type=int,
         default=224,
-        help="input size written to the checkpoint (the node's default; 0 = the training size, 160 for lite)",
+        help="input size written to the checkpoint (the node's default; 0 = the training size)",
+    )
+    ap.add_argument(
+        "--view-size",
+        type=int,
+        default=160,
+        help="lite: input size of the view embedding (view_input_size), where the view results were measured",
     )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -132,10 +161,11 @@ def main() -> None:
 
     frozen = FROZEN[args.preset] if args.frozen < 0 else args.frozen
     t0 = time.monotonic()
-    cache = get_cache(work, args.preset, args.init, args.units, args.shards, args.seed, frozen)
+    cache = get_cache(work, args.preset, args.init, args.units, args.shards, args.seed, frozen, args.train_size)
     t_cache = time.monotonic() - t0
     log(f"cache: {len(cache.role)} images ({args.units} units) in {t_cache:.0f} s")
-    model, start = start_model(args.preset, args.init, view_blocks=frozen if args.preset == "usqnet_lite" else 0)
+    lite = args.preset == "usqnet_lite"
+    model, start = start_model(args.preset, args.init, view_blocks=frozen if lite else 0, size=args.train_size)
     cfg = TopTrainConfig(steps=args.steps, units_per_step=args.units_per_step, lr=args.lr, seed=args.seed)
     summary = train_top(model, cache, frozen, cfg, log=log, state_dir=work / "state")
     corpus, real = load_rows(US_CORPUS, "us_corpus"), load_rows(REAL_US, "real_us")
@@ -161,8 +191,9 @@ def main() -> None:
     }
     if args.serve_size and args.serve_size != model.config.input_size:
         training["served_at"] = serve_note(model.config.input_size, args.serve_size)
-        # views stay embedded at the training size: their results were measured there (README)
-        model.config = replace(model.config, input_size=args.serve_size, view_input_size=model.config.input_size)
+        model.config = replace(model.config, input_size=args.serve_size)
+    if lite and args.view_size and args.view_size != model.config.input_size:
+        model.config = replace(model.config, view_input_size=args.view_size)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = save_checkpoint(out / f"{name}.safetensors", model, training=training)

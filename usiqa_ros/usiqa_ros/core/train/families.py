@@ -41,10 +41,17 @@ ROLE_CLEAN, ROLE_VIEW, ROLE_DEGRADED = 0, 1, 2
 @dataclass
 class UnitConfig:
     input_size: int = 160
-    work_min: int = 200  # degradations act at a random "native" size (long side), then the frame is resized
-    work_max: int = 400
+    # Degradations act at a random "native" size (long side), then the frame is resized to input_size; 0 = 1.25x
+    # and 2.5x input_size (200-400 px at 160), so pixel-level artefacts shrink in the resize by the same ratio at
+    # any training size.
+    work_min: int = 0
+    work_max: int = 0
     min_severity: float = 0.05
     shift_px: tuple[int, int] = (2, 8)
+
+    def __post_init__(self) -> None:
+        self.work_min = self.work_min or round(1.25 * self.input_size)
+        self.work_max = self.work_max or round(2.5 * self.input_size)
 
 
 def load_frames(rows: Sequence[Row], max_side: int = 400) -> list[np.ndarray]:
