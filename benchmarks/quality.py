@@ -148,12 +148,15 @@ def hip_checks(engine: Engine, rows: list[Row], seed: int) -> dict:
     }
 
 
-def run_lofo(args, eval_inputs: list[dict[str, np.ndarray]], keys: list[str], work: Path, log) -> dict:
-    """Leave-one-family-out and in-distribution runs (fixed budget) on the cached units; resumable per run."""
+def run_lofo(args, all_variants: list[dict[str, np.ndarray]], keys: list[str], work: Path, log) -> dict:
+    """Leave-one-family-out and in-distribution runs (fixed budget) on the cached units, scored at their own
+    SHORT_RUN_SIZE; resumable per run."""
     from scripts.train_default_model import FROZEN, get_cache, start_model
     from usiqa_ros.core.train.families import TopTrainConfig, scores_from_feats, train_top, trunk_feats
 
     frozen = FROZEN["usqnet_lite"]
+    pre = PreprocessConfig(input_size=SHORT_RUN_SIZE)
+    eval_inputs = [{k: preprocess_frame(v, pre) for k, v in vs.items()} for vs in all_variants]
     cache = get_cache(Path(args.train_work), "usqnet_lite", "", args.units, args.shards, 0, frozen, size=SHORT_RUN_SIZE)
     base, start = start_model("usqnet_lite", "", size=SHORT_RUN_SIZE)
     flat = [(i, k) for i, v in enumerate(eval_inputs) for k in keys if k in v]
@@ -296,9 +299,7 @@ def main(argv: list[str] | None = None) -> None:
     all_variants = [variants(f, args.seed, i) for i, f in enumerate(frames)]
     keys = ["clean", *FAMILIES, *CONSISTENCY, *DARK]
     if args.lofo_part:
-        pre = PreprocessConfig(input_size=SHORT_RUN_SIZE)
-        eval_inputs = [{k: preprocess_frame(v, pre) for k, v in vs.items()} for vs in all_variants]
-        run_lofo(args, eval_inputs, keys, work, log)
+        run_lofo(args, all_variants, keys, work, log)
         return
     engine = Engine(EngineConfig(model_path=args.model, backend="eager", num_threads=1, warmup_iterations=1))
     t0 = time.monotonic()
@@ -356,9 +357,7 @@ def finish(args, res: dict, work: Path, all_variants, keys: list[str], engine: E
             res["baselines"][name] = b
             log(f"baseline {name}: {time.monotonic() - t0:.0f} s, min {b['families_min']:.3f}")
     if not args.skip_lofo:
-        pre = PreprocessConfig(input_size=SHORT_RUN_SIZE)
-        eval_inputs = [{k: preprocess_frame(v, pre) for k, v in vs.items()} for vs in all_variants]
-        res["lofo"] = run_lofo(args, eval_inputs, keys, work, log)
+        res["lofo"] = run_lofo(args, all_variants, keys, work, log)
     beats = {
         f: all(res["bundled"]["families"][f] > b["families"][f] for b in res["baselines"].values()) for f in FAMILIES
     }
