@@ -2,6 +2,8 @@
 
 Reproduce the bundled model (about 27 min on 2 free cores: 7 min cache, 20 min training; the cache is reused):
     .venv/bin/python scripts/train_default_model.py --out usiqa_ros/usiqa_ros/models
+The early-stopped variant (README "Early stopping"; not bundled): `--stop-at -1`, about 60 min (3 leave-one-source-out
+validation runs of 15 min, two at a time with `--select-only <source>`, then an 8-min final run).
 The full USQNet (Res2Net-50, no offline ImageNet weights exist for it, so it starts from random weights):
     .venv/bin/python scripts/train_default_model.py --preset usqnet --out runs/usqnet_full --units 600 --steps 150
 
@@ -10,8 +12,11 @@ CC BY/Apache/MIT rows of real_us, hip excluded, groups shared with real_us evalu
 = a frame in 4 versions (clean, a flip/brightness/shift view, two degraded copies of two random artefact
 families) at 160 px, served at 224 px; the backbone's early blocks stay at their ImageNet weights and are cached
 once; the top is trained with grade + ranking + consistency losses; the view embedding reads a 160-px copy of
-the input. Progress goes to <work>/train.log; the cache shards
-(<work>/cache_*.safetensors) and the training state are resumable.
+the input. Early stopping (`--stop-at -1`): the real-frame score peaks early in the schedule and then falls on
+anatomies not trained on, so the stop step can be chosen by leave-one-source-out validation (each training source
+in turn held out of the same cached units); the final run then trains on every source up to that step of the same
+schedule. Progress goes to <work>/train.log; the cache shards (<work>/cache_*.safetensors), the validation
+curves (<work>/select_without_*.json) and the training states are resumable.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from usiqa_ros.core.train.families import (  # noqa: E402
     TopTrainConfig,
     UnitConfig,
     balanced_picker,
+    best_step,
     build_cache,
     load_frames,
     train_top,
@@ -108,6 +114,48 @@ def get_cache(
     return Cache.concat([Cache.load(p) for p in paths])
 
 
+# Validation pairs of the budget choice use the evaluation protocol's severities (benchmarks/quality.py: 0.3-1.0);
+# below 0.3 many degradations are invisible and only add noise to the choice of step.
+VAL_MIN_SEVERITY = 0.3
+
+
+def source_of_units(cache: Cache, preset: str) -> list[str]:
+    """The source (pocus, hc18, echoqc...) of each cached image's frame; the rows are those the cache was built on."""
+    if cache.frame is None:
+        raise SystemExit("this cache predates frame indices: delete its cache_*.safetensors files to rebuild it")
+    corpus, real = load_rows(US_CORPUS, "us_corpus"), load_rows(REAL_US, "real_us")
+    rows, _ = quality_split(corpus, real)
+    return [rows[int(f)].source for f in cache.frame]
+
+
+def select_run(
+    work: Path, cache: Cache, sources: list[str], held: str, args: argparse.Namespace, frozen: int, log
+) -> list[dict]:
+    """Leave-one-source-out validation curve: the recipe trained on the other sources' units for the first
+    `--select-max-steps` steps of the same schedule, validated on `held`'s units; cached as JSON (resumable)."""
+    path = work / f"select_without_{held}.json"
+    if path.exists():
+        return list(json.loads(path.read_text()))
+    is_held = torch.tensor([s == held for s in sources])
+    model, _ = start_model(args.preset, args.init, size=args.train_size)
+    cfg = TopTrainConfig(
+        steps=args.steps, units_per_step=args.units_per_step, lr=args.lr, seed=args.seed, stop_at=args.select_max_steps
+    )
+    summary = train_top(
+        model,
+        cache.subset(~is_held),
+        frozen,
+        cfg,
+        log=lambda m: log(f"[without {held}] {m}"),
+        state_dir=work / f"state_without_{held}",
+        val=cache.subset(is_held),
+        val_every=args.val_every,
+        val_min_severity=VAL_MIN_SEVERITY,
+    )
+    path.write_text(json.dumps(summary["validation"], indent=1))
+    return list(summary["validation"])
+
+
 def serve_note(trained: int, served: int) -> str:
     return (
         f"trained at {trained} px (cached features), scored at {served} px (the checkpoint's input_size): the "
@@ -149,6 +197,20 @@ def main() -> None:
         default=160,
         help="lite: input size of the view embedding (view_input_size), where the view results were measured",
     )
+    ap.add_argument(
+        "--stop-at",
+        type=int,
+        default=0,
+        help="stop after this many steps of the --steps schedule; 0 = the whole schedule (the bundled model); -1 = "
+        "choose it by leave-one-source-out validation (below; tried, not bundled: README)",
+    )
+    ap.add_argument(
+        "--select-max-steps", type=int, default=900, help="how far each leave-one-source-out validation run goes"
+    )
+    ap.add_argument("--val-every", type=int, default=100, help="validation interval of those runs (steps)")
+    ap.add_argument(
+        "--select-only", default="", help="only make the validation run without this source, then exit (parallel)"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(args.work)
@@ -164,9 +226,32 @@ def main() -> None:
     cache = get_cache(work, args.preset, args.init, args.units, args.shards, args.seed, frozen, args.train_size)
     t_cache = time.monotonic() - t0
     log(f"cache: {len(cache.role)} images ({args.units} units) in {t_cache:.0f} s")
+    selection = None
+    stop_at = max(args.stop_at, 0)
+    if args.stop_at < 0 or args.select_only:
+        sources = source_of_units(cache, args.preset)
+        held_out = [args.select_only] if args.select_only else sorted(set(sources))
+        curves = {h: select_run(work, cache, sources, h, args, frozen, log) for h in held_out}
+        if args.select_only:
+            return
+        stop_at, mean = best_step(curves)
+        selection = {
+            "stop_at": stop_at,
+            "criterion": "leave-one-source-out: for each training source, the recipe trained on the other sources "
+            f"for {args.select_max_steps} steps of the same {args.steps}-step schedule and validated every "
+            f"{args.val_every} steps on the held-out source's units (pairs of severity >= {VAL_MIN_SEVERITY}); "
+            "the step with the highest mean per-family pairwise accuracy averaged over the held-out sources",
+            "mean_by_step": mean,
+            "curves": {
+                h: [{k: v[k] for k in ("step", "families_mean", "families_min")} for v in c] for h, c in curves.items()
+            },
+        }
+        log(f"early stopping: step {stop_at} of {args.steps} ({json.dumps(mean)})")
     lite = args.preset == "usqnet_lite"
     model, start = start_model(args.preset, args.init, view_blocks=frozen if lite else 0, size=args.train_size)
-    cfg = TopTrainConfig(steps=args.steps, units_per_step=args.units_per_step, lr=args.lr, seed=args.seed)
+    cfg = TopTrainConfig(
+        steps=args.steps, units_per_step=args.units_per_step, lr=args.lr, seed=args.seed, stop_at=stop_at
+    )
     summary = train_top(model, cache, frozen, cfg, log=log, state_dir=work / "state")
     corpus, real = load_rows(US_CORPUS, "us_corpus"), load_rows(REAL_US, "real_us")
     train_rows, eval_rows = quality_split(corpus, real)
@@ -187,6 +272,7 @@ def main() -> None:
         "train_seconds": summary["seconds"],
         "top_config": summary["config"],
         "final_losses": summary["history"][-1] if summary["history"] else None,
+        "early_stopping": selection,
         "command": "scripts/train_default_model.py " + " ".join(sys.argv[1:]),
     }
     if args.serve_size and args.serve_size != model.config.input_size:

@@ -24,14 +24,17 @@ from usiqa_ros.core.train.families import (
     TopTrainConfig,
     UnitConfig,
     balanced_picker,
+    best_step,
     build_cache,
     load_frames,
     make_unit,
     quality_losses,
+    scores_from_feats,
     soft_grade_targets,
     top_forward,
     train_top,
     trunk_forward,
+    validation_metrics,
 )
 from usiqa_ros.core.train.pretrain import nt_xent
 
@@ -130,6 +133,59 @@ def test_short_training_learns_excludes_and_resumes(corpus: Path, tmp_path: Path
     msgs: list[str] = []
     train_top(_tiny(), cache, FROZEN, TopTrainConfig(steps=4, units_per_step=4), log=msgs.append, state_dir=state)
     assert any("resumed at step 2" in m for m in msgs)
+
+
+def test_stop_at_is_the_start_of_the_full_schedule_and_validation_is_recorded(corpus: Path) -> None:
+    rows = training_rows(load_rows(corpus, "t"))
+    model = _tiny()
+    cache = build_cache(model, load_frames(rows), balanced_picker(rows), 12, FROZEN, seed=0, log=lambda m: None)
+    assert cache.frame is not None and len(cache.frame) == len(cache.role)
+    src = [rows[int(f)].source for f in cache.frame]
+    held = torch.tensor([s == "pocus" for s in src])
+    train, val = cache.subset(~held), cache.subset(held)
+    assert set(val.unit.tolist()).isdisjoint(train.unit.tolist()) and len(train.role) + len(val.role) == len(cache.role)
+    at6: dict[str, torch.Tensor] = {}
+    seen: list[int] = []
+
+    def on_validate(step: int, m: torch.nn.Module, metrics: dict) -> None:
+        seen.append(step)
+        if step == 6:
+            at6.update({k: v.clone() for k, v in m.state_dict().items()})
+
+    full = train_top(
+        _tiny(), train, FROZEN, TopTrainConfig(steps=12, units_per_step=4, lr=1e-2), log=lambda m: None,
+        val=val, val_every=3, val_min_severity=0.3, on_validate=on_validate,
+    )  # fmt: skip
+    assert seen == [3, 6, 9, 12] and [v["step"] for v in full["validation"]] == seen
+    v = full["validation"][0]
+    assert set(v["families"]) <= set(FAMILIES) and 0 <= v["families_min"] <= v["families_mean"] <= 1
+    m = _tiny()
+    s = scores_from_feats(m, val.feats, FROZEN)
+    clean = {int(u): s[i] for i, (u, r) in enumerate(zip(val.unit, val.role, strict=True)) if r == ROLE_CLEAN}
+    ok: dict[str, list[bool]] = {}
+    for i in range(len(s)):
+        if val.role[i] == ROLE_DEGRADED and val.severity[i] >= 0.3:
+            ok.setdefault(val.families[int(val.family[i])], []).append(bool(clean[int(val.unit[i])] > s[i]))
+    got = validation_metrics(m, val, FROZEN, min_severity=0.3)
+    assert got["families"] == pytest.approx({f: np.mean(v) for f, v in ok.items()})
+    with pytest.raises(ValueError, match="no degraded"):
+        validation_metrics(m, val, FROZEN, min_severity=2.0)
+    short = _tiny()
+    cut = train_top(
+        short, train, FROZEN, TopTrainConfig(steps=12, units_per_step=4, lr=1e-2, stop_at=6), log=lambda m: None
+    )
+    assert cut["history"][-1]["step"] == 6
+    assert all(torch.equal(short.state_dict()[k], at6[k]) for k in at6), "stop_at must not shorten the schedule"
+
+
+def test_best_step_averages_sources_and_prefers_earlier() -> None:
+    a = [{"step": 100, "families_mean": 0.9}, {"step": 200, "families_mean": 0.8}, {"step": 300, "families_mean": 0.9}]
+    b = [{"step": 100, "families_mean": 0.7}, {"step": 200, "families_mean": 0.9}, {"step": 300, "families_mean": 0.7}]
+    step, mean = best_step({"a": a, "b": b})
+    assert step == 200 and mean[100] == pytest.approx(0.8) and mean[200] == pytest.approx(0.85)
+    assert best_step({"a": a[:1] + a[2:], "b": b[:1] + b[2:]})[0] == 100  # tie: the earlier step
+    with pytest.raises(ValueError):
+        best_step({"a": a[:1], "b": b[1:2]})
 
 
 def test_nt_xent_prefers_matching_pairs() -> None:

@@ -12,6 +12,10 @@ output for each version of each unit is computed once and cached (`build_cache`)
 trainable top (last block(s), 1x1 head conv, second-order pooling, MLP) on the cache. The same cache serves the
 bundled model, every leave-one-family-out run (units keep their other family) and the in-distribution runs,
 so they differ only in what they may see. Frozen blocks stay in eval mode (ImageNet BN statistics).
+
+Early stopping: `validation_metrics` on units a run does not train on (`Cache.subset`; scripts/train_default_model.py
+leaves one source out at a time, `Cache.frame` says whose frame a unit is), `best_step` over those curves, and
+`TopTrainConfig.stop_at` to stop a run at that step of the same schedule.
 """
 
 from __future__ import annotations
@@ -206,11 +210,13 @@ class Cache:
     severity: torch.Tensor  # N
     unit: torch.Tensor  # N
     families: list[str]
+    frame: torch.Tensor | None = None  # N: index of the unit's frame in the rows the cache was built from
 
     def save(self, path: Path) -> None:
         from safetensors.torch import save_file
 
-        t = {k: getattr(self, k).contiguous() for k in ("feats", "role", "family", "severity", "unit")}
+        names = ("feats", "role", "family", "severity", "unit") + (("frame",) if self.frame is not None else ())
+        t = {k: getattr(self, k).contiguous() for k in names}
         save_file(t, str(path), metadata={"families": json.dumps(self.families)})
 
     @classmethod
@@ -228,6 +234,7 @@ class Cache:
         for p in parts:
             units.append(p.unit + off)
             off += int(p.unit.max()) + 1 if len(p.unit) else 0
+        frames = [p.frame for p in parts]
         return cls(
             torch.cat([p.feats for p in parts]),
             torch.cat([p.role for p in parts]),
@@ -235,6 +242,19 @@ class Cache:
             torch.cat([p.severity for p in parts]),
             torch.cat(units),
             parts[0].families,
+            None if any(f is None for f in frames) else torch.cat([f for f in frames if f is not None]),
+        )
+
+    def subset(self, keep: torch.Tensor) -> Cache:
+        """The images where the boolean mask `keep` is true (select whole units to keep units whole)."""
+        return Cache(
+            self.feats[keep],
+            self.role[keep],
+            self.family[keep],
+            self.severity[keep],
+            self.unit[keep],
+            self.families,
+            None if self.frame is None else self.frame[keep],
         )
 
 
@@ -254,18 +274,20 @@ def build_cache(
     cfg = cfg or UnitConfig(input_size=model.config.input_size)
     families = list(FAMILIES)
     model.eval()
-    feats, role, fam, sev, unit = [], [], [], [], []
+    feats, role, fam, sev, unit, frame = [], [], [], [], [], []
     t0 = time.monotonic()
     for start in range(0, n_units, batch_units):
         xs = []
         for u in range(start, min(n_units, start + batch_units)):
             rng = np.random.default_rng((seed, u))
-            for x, r, fi, s in make_unit(frames[pick(rng)], cfg, rng, families):
+            fi_ = pick(rng)
+            for x, r, fi, s in make_unit(frames[fi_], cfg, rng, families):
                 xs.append(torch.from_numpy(x))
                 role.append(r)
                 fam.append(fi)
                 sev.append(s)
                 unit.append(u)
+                frame.append(fi_)
         batch = torch.stack(xs).expand(-1, 3, -1, -1)
         feats.append(trunk_forward(model, batch, frozen_blocks).to(torch.float16))
         if (start // batch_units) % 25 == 0:
@@ -277,6 +299,7 @@ def build_cache(
         torch.tensor(sev, dtype=torch.float32),
         torch.tensor(unit, dtype=torch.int32),
         families,
+        torch.tensor(frame, dtype=torch.int32),
     )
 
 
@@ -296,6 +319,7 @@ class TopTrainConfig:
     margin_per_severity: float = 0.3
     exclude: tuple[str, ...] = ()  # families left out (leave-one-family-out)
     seed: int = 0
+    stop_at: int = 0  # stop after this many steps of the `steps`-long schedule (early stopping); 0 = all of it
 
 
 def soft_grade_targets(score: torch.Tensor, num_grades: int) -> torch.Tensor:
@@ -336,6 +360,29 @@ def quality_losses(
     return {"total": total, "grade": grade, "rank": rank, "consistency": cons}
 
 
+def validation_metrics(model: USQNet, val: Cache, frozen_blocks: int, min_severity: float = 0.0) -> dict[str, Any]:
+    """Pairwise accuracy (clean above its degraded copy, the same unit; copies of severity >= `min_severity`) per
+    family, their mean and minimum, and the median |score change| of the quality-preserving view, on units the
+    model does not train on."""
+    s = scores_from_feats(model, val.feats, frozen_blocks)
+    role, unit = val.role.numpy(), val.unit.numpy()
+    clean = {int(u): s[i] for i, (u, r) in enumerate(zip(unit, role, strict=True)) if r == ROLE_CLEAN}
+    view = {int(u): s[i] for i, (u, r) in enumerate(zip(unit, role, strict=True)) if r == ROLE_VIEW}
+    per: dict[str, list[float]] = {}
+    for i in np.nonzero((role == ROLE_DEGRADED) & (val.severity.numpy() >= min_severity))[0]:
+        a, d = clean[int(unit[i])], s[i]
+        per.setdefault(val.families[int(val.family[i])], []).append(float(a > d) + 0.5 * float(a == d))
+    if not per:
+        raise ValueError(f"no degraded copy of severity >= {min_severity} in the validation units")
+    acc = {f: float(np.mean(v)) for f, v in sorted(per.items())}
+    return {
+        "families_mean": float(np.mean(list(acc.values()))),
+        "families_min": float(min(acc.values())),
+        "consistency_median_abs": float(np.median([abs(clean[u] - v) for u, v in view.items()])),
+        "families": acc,
+    }
+
+
 def train_top(
     model: USQNet,
     cache: Cache,
@@ -345,11 +392,18 @@ def train_top(
     log_every: int = 25,
     state_dir: Path | None = None,
     save_every: int = 100,
+    val: Cache | None = None,
+    val_every: int = 100,
+    val_min_severity: float = 0.0,
+    on_validate: Callable[[int, USQNet, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Train the top of `model` on the cache (excluded families removed); returns a summary.
 
     With `state_dir`, model and optimiser are saved every `save_every` steps (state.safetensors,
     state_optim.safetensors) and a later call with the same directory resumes from there.
+    With `val` (units the model does not train on), `validation_metrics` is recorded every `val_every` steps and at
+    the last step (summary "validation"); `on_validate(step, model, metrics)` is called after each.
+    Training stops after `cfg.stop_at` steps of the `cfg.steps`-long schedule when it is set.
     """
     from usiqa_ros.core.checkpoint import load_checkpoint, save_checkpoint
     from usiqa_ros.core.train.common import load_optimizer, save_optimizer
@@ -369,15 +423,20 @@ def train_top(
     rng = np.random.default_rng(cfg.seed)
     t0 = time.monotonic()
     history: list[dict[str, Any]] = []
+    validation: list[dict[str, Any]] = []
     run = {k: 0.0 for k in ("total", "grade", "rank", "consistency")}
     first = 0
+    last = min(cfg.stop_at or cfg.steps, cfg.steps)
     if state_dir is not None and (state_dir / "state_optim.safetensors").exists():
         model.load_state_dict(load_checkpoint(state_dir / "state.safetensors").model.state_dict())
         saved = load_optimizer(state_dir / "state_optim.safetensors", opt)
         first, history, run = saved["step"], saved["history"], saved["run"]
+        validation = saved.get("validation", [])
+        if first > last:
+            raise ValueError(f"{state_dir} holds step {first}, past this run's last step {last}: use another directory")
         rng = np.random.default_rng((cfg.seed, first))
         log(f"resumed at step {first} from {state_dir}")
-    for step in range(first, cfg.steps):
+    for step in range(first, last):
         frac = step / max(cfg.steps, 1)
         for gr in opt.param_groups:
             gr["lr"] = cfg.lr * min(1.0, 20 * frac + 0.05) * 0.5 * (1 + math.cos(math.pi * frac))
@@ -391,7 +450,7 @@ def train_top(
         opt.step()
         for k in run:
             run[k] = 0.9 * run[k] + 0.1 * float(losses[k].detach()) if step else float(losses[k].detach())
-        if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
+        if (step + 1) % log_every == 0 or step + 1 == last:
             row = {
                 "step": step + 1,
                 "elapsed_s": round(time.monotonic() - t0, 1),
@@ -399,15 +458,43 @@ def train_top(
             }
             history.append(row)
             log(json.dumps(row))
-        if state_dir is not None and ((step + 1) % save_every == 0 and step + 1 < cfg.steps):
+        if val is not None and ((step + 1) % val_every == 0 or step + 1 == last):
+            m = validation_metrics(model, val, frozen_blocks, val_min_severity)
+            validation.append({"step": step + 1, **m})
+            log(json.dumps({"step": step + 1, **{f"val_{k}": round(v, 4) for k, v in m.items() if k != "families"}}))
+            if on_validate is not None:
+                on_validate(step + 1, model, m)
+        if state_dir is not None and ((step + 1) % save_every == 0 and step + 1 < last):
             state_dir.mkdir(parents=True, exist_ok=True)
             save_checkpoint(state_dir / "state.safetensors", model, training={"resumable_step": step + 1})
             save_optimizer(
-                state_dir / "state_optim.safetensors", opt, {"step": step + 1, "history": history, "run": run}
+                state_dir / "state_optim.safetensors",
+                opt,
+                {"step": step + 1, "history": history, "run": run, "validation": validation},
             )
             rng = np.random.default_rng((cfg.seed, step + 1))  # the same stream after a resume
     model.eval()
-    return {"config": asdict(cfg), "history": history, "seconds": round(time.monotonic() - t0, 1), "units": len(units)}
+    summary = {
+        "config": asdict(cfg),
+        "history": history,
+        "seconds": round(time.monotonic() - t0, 1),
+        "units": len(units),
+    }
+    if val is not None:
+        summary["validation"] = validation
+    return summary
+
+
+def best_step(curves: dict[str, list[dict[str, Any]]]) -> tuple[int, dict[int, float]]:
+    """(step, mean by step): the validated step with the highest `families_mean` averaged over the curves (one per
+    held-out source; steps validated in every curve); a tie goes to the earlier step."""
+    steps = sorted(set.intersection(*({v["step"] for v in c} for c in curves.values())))
+    if not steps:
+        raise ValueError("no step is validated in every curve")
+    mean = {
+        st: float(np.mean([v["families_mean"] for c in curves.values() for v in c if v["step"] == st])) for st in steps
+    }
+    return max(steps, key=lambda st: (mean[st], -st)), mean
 
 
 @torch.inference_mode()
