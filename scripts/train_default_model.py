@@ -207,6 +207,9 @@ def main() -> None:
     ap.add_argument(
         "--select-max-steps", type=int, default=900, help="how far each leave-one-source-out validation run goes"
     )
+    ap.add_argument(
+        "--average-from", type=int, default=0, help="> 0: keep the weights averaged from this step to the stop (SWA)"
+    )
     ap.add_argument("--val-every", type=int, default=100, help="validation interval of those runs (steps)")
     ap.add_argument(
         "--select-only", default="", help="only make the validation run without this source, then exit (parallel)"
@@ -250,7 +253,12 @@ def main() -> None:
     lite = args.preset == "usqnet_lite"
     model, start = start_model(args.preset, args.init, view_blocks=frozen if lite else 0, size=args.train_size)
     cfg = TopTrainConfig(
-        steps=args.steps, units_per_step=args.units_per_step, lr=args.lr, seed=args.seed, stop_at=stop_at
+        steps=args.steps,
+        units_per_step=args.units_per_step,
+        lr=args.lr,
+        seed=args.seed,
+        stop_at=stop_at,
+        average_from=args.average_from,
     )
     summary = train_top(model, cache, frozen, cfg, log=log, state_dir=work / "state")
     corpus, real = load_rows(US_CORPUS, "us_corpus"), load_rows(REAL_US, "real_us")

@@ -178,6 +178,24 @@ def test_stop_at_is_the_start_of_the_full_schedule_and_validation_is_recorded(co
     assert all(torch.equal(short.state_dict()[k], at6[k]) for k in at6), "stop_at must not shorten the schedule"
 
 
+def test_average_from_returns_the_mean_of_the_last_steps_weights(corpus: Path) -> None:
+    rows = training_rows(load_rows(corpus, "t"))
+    model = _tiny()
+    cache = build_cache(model, load_frames(rows), balanced_picker(rows), 8, FROZEN, seed=0, log=lambda m: None)
+    seen: dict[int, dict[str, torch.Tensor]] = {}
+
+    def keep(step: int, m: torch.nn.Module, metrics: dict) -> None:
+        seen[step] = {k: p.detach().clone() for k, p in m.named_parameters()}
+
+    cfg = TopTrainConfig(steps=8, units_per_step=4, lr=1e-2, stop_at=6, average_from=4)
+    train_top(model, cache, FROZEN, cfg, log=lambda m: None, val=cache, val_every=1, on_validate=keep)
+    assert sorted(seen) == [1, 2, 3, 4, 5, 6]
+    for k, p in model.named_parameters():
+        mean = torch.stack([seen[s][k] for s in (4, 5, 6)]).mean(0)
+        assert torch.allclose(p, mean, atol=1e-6), k
+    assert not torch.equal(dict(model.named_parameters())["head.0.weight"], seen[6]["head.0.weight"])
+
+
 def test_best_step_averages_sources_and_prefers_earlier() -> None:
     a = [{"step": 100, "families_mean": 0.9}, {"step": 200, "families_mean": 0.8}, {"step": 300, "families_mean": 0.9}]
     b = [{"step": 100, "families_mean": 0.7}, {"step": 200, "families_mean": 0.9}, {"step": 300, "families_mean": 0.7}]

@@ -26,12 +26,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel
 
 from usiqa_ros.core.data.corpus import Row
 from usiqa_ros.core.data.degrade import FAMILIES, degrade
@@ -320,6 +321,7 @@ class TopTrainConfig:
     exclude: tuple[str, ...] = ()  # families left out (leave-one-family-out)
     seed: int = 0
     stop_at: int = 0  # stop after this many steps of the `steps`-long schedule (early stopping); 0 = all of it
+    average_from: int = 0  # > 0: return the weights averaged over the steps from this one to the last (SWA)
 
 
 def soft_grade_targets(score: torch.Tensor, num_grades: int) -> torch.Tensor:
@@ -427,11 +429,15 @@ def train_top(
     run = {k: 0.0 for k in ("total", "grade", "rank", "consistency")}
     first = 0
     last = min(cfg.stop_at or cfg.steps, cfg.steps)
+    avg = AveragedModel(model, use_buffers=True) if cfg.average_from else None
     if state_dir is not None and (state_dir / "state_optim.safetensors").exists():
         model.load_state_dict(load_checkpoint(state_dir / "state.safetensors").model.state_dict())
         saved = load_optimizer(state_dir / "state_optim.safetensors", opt)
         first, history, run = saved["step"], saved["history"], saved["run"]
         validation = saved.get("validation", [])
+        if avg is not None and (state_dir / "state_avg.safetensors").exists():
+            avg.module.load_state_dict(load_checkpoint(state_dir / "state_avg.safetensors").model.state_dict())
+            avg.n_averaged.fill_(saved["n_averaged"])
         if first > last:
             raise ValueError(f"{state_dir} holds step {first}, past this run's last step {last}: use another directory")
         rng = np.random.default_rng((cfg.seed, first))
@@ -448,6 +454,8 @@ def train_top(
         opt.zero_grad(set_to_none=True)
         losses["total"].backward()
         opt.step()
+        if avg is not None and step + 1 >= cfg.average_from:
+            avg.update_parameters(model)
         for k in run:
             run[k] = 0.9 * run[k] + 0.1 * float(losses[k].detach()) if step else float(losses[k].detach())
         if (step + 1) % log_every == 0 or step + 1 == last:
@@ -467,12 +475,20 @@ def train_top(
         if state_dir is not None and ((step + 1) % save_every == 0 and step + 1 < last):
             state_dir.mkdir(parents=True, exist_ok=True)
             save_checkpoint(state_dir / "state.safetensors", model, training={"resumable_step": step + 1})
+            if avg is not None:
+                save_checkpoint(
+                    state_dir / "state_avg.safetensors", cast(USQNet, avg.module), training={"resumable_step": step + 1}
+                )
+            extra = {"n_averaged": int(avg.n_averaged)} if avg is not None else {}
             save_optimizer(
                 state_dir / "state_optim.safetensors",
                 opt,
-                {"step": step + 1, "history": history, "run": run, "validation": validation},
+                {"step": step + 1, "history": history, "run": run, "validation": validation, **extra},
             )
             rng = np.random.default_rng((cfg.seed, step + 1))  # the same stream after a resume
+    if avg is not None and int(avg.n_averaged) > 0:
+        model.load_state_dict(avg.module.state_dict())
+        log(f"weights averaged over {int(avg.n_averaged)} steps ({cfg.average_from}-{last})")
     model.eval()
     summary = {
         "config": asdict(cfg),
