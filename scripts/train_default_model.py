@@ -119,7 +119,7 @@ def get_cache(
 VAL_MIN_SEVERITY = 0.3
 
 
-def source_of_units(cache: Cache, preset: str) -> list[str]:
+def source_of_units(cache: Cache) -> list[str]:
     """The source (pocus, hc18, echoqc...) of each cached image's frame; the rows are those the cache was built on."""
     if cache.frame is None:
         raise SystemExit("this cache predates frame indices: delete its cache_*.safetensors files to rebuild it")
@@ -232,7 +232,7 @@ def main() -> None:
     selection = None
     stop_at = max(args.stop_at, 0)
     if args.stop_at < 0 or args.select_only:
-        sources = source_of_units(cache, args.preset)
+        sources = source_of_units(cache)
         held_out = [args.select_only] if args.select_only else sorted(set(sources))
         curves = {h: select_run(work, cache, sources, h, args, frozen, log) for h in held_out}
         if args.select_only:

@@ -281,14 +281,14 @@ def build_cache(
         xs = []
         for u in range(start, min(n_units, start + batch_units)):
             rng = np.random.default_rng((seed, u))
-            fi_ = pick(rng)
-            for x, r, fi, s in make_unit(frames[fi_], cfg, rng, families):
+            picked = pick(rng)
+            for x, r, fi, s in make_unit(frames[picked], cfg, rng, families):
                 xs.append(torch.from_numpy(x))
                 role.append(r)
                 fam.append(fi)
                 sev.append(s)
                 unit.append(u)
-                frame.append(fi_)
+                frame.append(picked)
         batch = torch.stack(xs).expand(-1, 3, -1, -1)
         feats.append(trunk_forward(model, batch, frozen_blocks).to(torch.float16))
         if (start // batch_units) % 25 == 0:
