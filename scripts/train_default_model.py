@@ -119,12 +119,10 @@ def get_cache(
 VAL_MIN_SEVERITY = 0.3
 
 
-def source_of_units(cache: Cache) -> list[str]:
-    """The source (pocus, hc18, echoqc...) of each cached image's frame; the rows are those the cache was built on."""
+def source_of_units(cache: Cache, rows: list) -> list[str]:
+    """The source (pocus, hc18, echoqc...) of each cached image's frame; `rows` = those the cache was built on."""
     if cache.frame is None:
         raise SystemExit("this cache predates frame indices: delete its cache_*.safetensors files to rebuild it")
-    corpus, real = load_rows(US_CORPUS, "us_corpus"), load_rows(REAL_US, "real_us")
-    rows, _ = quality_split(corpus, real)
     return [rows[int(f)].source for f in cache.frame]
 
 
@@ -229,10 +227,12 @@ def main() -> None:
     cache = get_cache(work, args.preset, args.init, args.units, args.shards, args.seed, frozen, args.train_size)
     t_cache = time.monotonic() - t0
     log(f"cache: {len(cache.role)} images ({args.units} units) in {t_cache:.0f} s")
+    corpus, real = load_rows(US_CORPUS, "us_corpus"), load_rows(REAL_US, "real_us")
+    train_rows, eval_rows = quality_split(corpus, real)
     selection = None
     stop_at = max(args.stop_at, 0)
     if args.stop_at < 0 or args.select_only:
-        sources = source_of_units(cache)
+        sources = source_of_units(cache, train_rows)
         held_out = [args.select_only] if args.select_only else sorted(set(sources))
         curves = {h: select_run(work, cache, sources, h, args, frozen, log) for h in held_out}
         if args.select_only:
@@ -261,8 +261,6 @@ def main() -> None:
         average_from=args.average_from,
     )
     summary = train_top(model, cache, frozen, cfg, log=log, state_dir=work / "state")
-    corpus, real = load_rows(US_CORPUS, "us_corpus"), load_rows(REAL_US, "real_us")
-    train_rows, eval_rows = quality_split(corpus, real)
     name = args.name or f"{args.preset}_default"
     training = {
         "recipe": "artefact families on real frames (core/train/families.py): grade + ranking + consistency losses",

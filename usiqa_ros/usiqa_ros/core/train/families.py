@@ -37,6 +37,7 @@ from torch.optim.swa_utils import AveragedModel
 from usiqa_ros.core.data.corpus import Row
 from usiqa_ros.core.data.degrade import FAMILIES, degrade
 from usiqa_ros.core.data.synthetic import load_gray
+from usiqa_ros.core.metrics import pairwise_accuracy
 from usiqa_ros.core.model import USQNet, expected_score
 from usiqa_ros.core.preprocess import PreprocessConfig, preprocess_frame
 
@@ -370,13 +371,14 @@ def validation_metrics(model: USQNet, val: Cache, frozen_blocks: int, min_severi
     role, unit = val.role.numpy(), val.unit.numpy()
     clean = {int(u): s[i] for i, (u, r) in enumerate(zip(unit, role, strict=True)) if r == ROLE_CLEAN}
     view = {int(u): s[i] for i, (u, r) in enumerate(zip(unit, role, strict=True)) if r == ROLE_VIEW}
-    per: dict[str, list[float]] = {}
+    pairs: dict[str, tuple[list[float], list[float]]] = {}
     for i in np.nonzero((role == ROLE_DEGRADED) & (val.severity.numpy() >= min_severity))[0]:
-        a, d = clean[int(unit[i])], s[i]
-        per.setdefault(val.families[int(val.family[i])], []).append(float(a > d) + 0.5 * float(a == d))
-    if not per:
+        better, worse = pairs.setdefault(val.families[int(val.family[i])], ([], []))
+        better.append(clean[int(unit[i])])
+        worse.append(s[i])
+    if not pairs:
         raise ValueError(f"no degraded copy of severity >= {min_severity} in the validation units")
-    acc = {f: float(np.mean(v)) for f, v in sorted(per.items())}
+    acc = {f: pairwise_accuracy(b, w) for f, (b, w) in sorted(pairs.items())}
     return {
         "families_mean": float(np.mean(list(acc.values()))),
         "families_min": float(min(acc.values())),
