@@ -28,7 +28,7 @@ test: underlay lint
 	$(WITH_ROS) cd usiqa_ros && $(PY) -m pytest  # from the package folder: pytest.ini and test/ live there
 
 # The same tests on ROS 2 Jazzy (its PyPI wheels for Python 3.11, numpy 1.26, OpenCV 4.6 as in Ubuntu 24.04's apt)
-# in a second venv, .venv-jazzy (about 6 GB, same torch): `scripts/setup_env.sh jazzy`. The ROS underlay is built
+# in a second venv, .venv-jazzy (1.2 GB: the torch stack is hard-linked from .venv): `scripts/setup_env.sh jazzy`. The ROS underlay is built
 # for Kilted only, so its tests (tf2 poses, the ros2 CLI) skip here with their reason (USIQA_STRICT=0).
 test-jazzy:
 	@bash scripts/setup_env.sh jazzy

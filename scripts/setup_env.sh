@@ -22,6 +22,37 @@ mark() { mkdir -p "$STAMPS"; echo "$2" > "$STAMPS/$1"; }
 # pip prints a harmless "Location ... is ignored" line per package for this machine's local indexes.
 pip_q() { "$VPY" -m pip install -q "$@" 2>&1 | { grep -v "is ignored: it is neither" || true; }; }
 
+# The torch stack (torch, torchvision, triton, nvidia-*, cuda-*: 5.2 GB for the CUDA build) is the same pin in both
+# venvs: hard-link it from the Kilted venv (same file system) so that the second venv adds ~1 GB, not ~6 GB (CI ran
+# out of disk installing it twice). pip then finds torch==<pin> installed and adds only its small pure-Python deps.
+# Dist-info files are linked last, so a failure part-way (e.g. another file system) leaves pip to install the rest.
+share_torch_stack() {
+  [ -x "$1/bin/python" ] || return 0
+  "$1/bin/python" - "$VPY" "$ROOT/requirements/torch.txt" <<'PY' || log "could not share the torch stack; pip installs it"
+import importlib.metadata as md, os, re, subprocess, sys
+pins = dict(line.split("==") for line in open(sys.argv[2]).read().split("\n") if "==" in line and not line.startswith("#"))
+if any(md.version(name) != version for name, version in pins.items()):
+    sys.exit(0)  # the Kilted venv holds other versions than the pins: nothing to share
+dst = subprocess.run([sys.argv[1], "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                     check=True, capture_output=True, text=True).stdout.strip()
+big = re.compile(r"^(torch|torchvision|triton|nvidia-.*|cuda-.*)$")
+n = 0
+for dist in md.distributions():
+    if not big.match(dist.metadata["Name"].lower()):
+        continue
+    for f in sorted(dist.files or [], key=lambda f: ".dist-info/" in str(f)):
+        src = dist.locate_file(f)
+        if str(f).startswith("..") or not os.path.isfile(src):
+            continue  # console scripts in bin/ carry the other venv's interpreter; pip writes its own
+        target = os.path.join(dst, str(f))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        if not os.path.exists(target):
+            os.link(src, target)
+            n += 1
+print(f"[setup] hard-linked {n} files of the torch stack from {sys.prefix}")
+PY
+}
+
 command -v cmake >/dev/null && command -v g++ >/dev/null || {
   log "installing cmake and g++ (apt)"; apt-get update -qq && apt-get install -y -qq cmake g++ >/dev/null; }
 
@@ -37,6 +68,7 @@ h=$(hash_of "$ROS_REQ" "$ROOT"/requirements/torch.txt "$ROOT"/requirements/base.
 if ! done_already pip "$h"; then
   log "installing Python packages (ROS 2 $DISTRO wheels, torch, the rest)"
   pip_q -r "$ROS_REQ"
+  [ "$DISTRO" = jazzy ] && share_torch_stack "$ROOT/.venv"
   pip_q -r "$ROOT/requirements/torch.txt"
   pip_q -r "$ROOT/requirements/base.txt" -c "$ROS_REQ" -c "$ROOT/requirements/torch.txt"
   # The wheels' CMake exports hold the wheel builder's paths: point them at this interpreter and numpy
