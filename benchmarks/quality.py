@@ -157,7 +157,17 @@ def run_lofo(args, all_variants: list[dict[str, np.ndarray]], keys: list[str], w
     frozen = FROZEN["usqnet_lite"]
     pre = PreprocessConfig(input_size=SHORT_RUN_SIZE)
     eval_inputs = [{k: preprocess_frame(v, pre) for k, v in vs.items()} for vs in all_variants]
-    cache = get_cache(Path(args.train_work), "usqnet_lite", "", args.units, args.shards, 0, frozen, size=SHORT_RUN_SIZE)
+    cache = get_cache(
+        Path(args.train_work),
+        "usqnet_lite",
+        "",
+        args.units,
+        args.shards,
+        0,
+        frozen,
+        size=SHORT_RUN_SIZE,
+        local_prob=args.local_prob,
+    )
     base, start = start_model("usqnet_lite", "", size=SHORT_RUN_SIZE)
     flat = [(i, k) for i, v in enumerate(eval_inputs) for k in keys if k in v]
     feats_path = work / f"eval_trunk_{SHORT_RUN_SIZE}px.safetensors"
@@ -271,6 +281,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lofo-steps", type=int, default=300)
     ap.add_argument("--lofo-units", type=int, default=8, help="units (4 images each) per step of the short runs")
     ap.add_argument("--lofo-part", default="", help="k/n: only train every n-th short run from the k-th, then exit")
+    ap.add_argument("--local-prob", type=float, default=0.0, help="the cache's UnitConfig.local_prob (train script)")
     ap.add_argument("--skip-lofo", action="store_true")
     ap.add_argument("--skip-baselines", action="store_true")
     ap.add_argument("--pretrained", default="runs/pretrain/pretrain.safetensors")

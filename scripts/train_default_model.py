@@ -75,11 +75,11 @@ def start_model(preset: str, init: str, view_blocks: int = 0, size: int = 0) -> 
         return build_model(config), f"random initialisation ({e})"
 
 
-def _shard(args: tuple[str, str, int, int, int, int, str]) -> str:
-    preset, init, size, n_units, seed, frozen, path = args
+def _shard(args: tuple[str, str, int, int, int, int, str, float]) -> str:
+    preset, init, size, n_units, seed, frozen, path, local_prob = args
     torch.set_num_threads(1)
     model, _ = start_model(preset, init, size=size)
-    unit_cfg = UnitConfig(input_size=model.config.input_size)
+    unit_cfg = UnitConfig(input_size=model.config.input_size, local_prob=local_prob)
     corpus, real = load_rows(US_CORPUS, "us_corpus"), load_rows(REAL_US, "real_us")
     train_rows, _ = quality_split(corpus, real)
     frames = load_frames(train_rows, max_side=max(400, unit_cfg.work_max))
@@ -99,15 +99,28 @@ def _shard(args: tuple[str, str, int, int, int, int, str]) -> str:
 
 
 def get_cache(
-    work: Path, preset: str, init: str, units: int, shards: int, seed: int, frozen: int, size: int = 0
+    work: Path,
+    preset: str,
+    init: str,
+    units: int,
+    shards: int,
+    seed: int,
+    frozen: int,
+    size: int = 0,
+    local_prob: float = 0.0,
 ) -> Cache:
-    """Cache shards in `work` (built in parallel processes when missing), concatenated; `size` 0 = the preset's."""
+    """Cache shards in `work` (built in parallel processes when missing), concatenated; `size` 0 = the preset's;
+    `local_prob`: UnitConfig.local_prob (part of the shards' names when > 0)."""
     work.mkdir(parents=True, exist_ok=True)
     per = units // shards
     size = size or PRESETS[preset]().input_size
-    name = f"cache_{preset}_{size}px_f{frozen}_s{seed}"
+    name = f"cache_{preset}_{size}px_f{frozen}_s{seed}" + (f"_local{local_prob:g}" if local_prob else "")
     paths = [work / f"{name}_{i}of{shards}_{per}.safetensors" for i in range(shards)]
-    jobs = [(preset, init, size, per, seed * 1000 + i, frozen, str(p)) for i, p in enumerate(paths) if not p.exists()]
+    jobs = [
+        (preset, init, size, per, seed * 1000 + i, frozen, str(p), local_prob)
+        for i, p in enumerate(paths)
+        if not p.exists()
+    ]
     if jobs:
         with mp.get_context("spawn").Pool(min(len(jobs), shards)) as pool:
             pool.map(_shard, jobs)
@@ -208,6 +221,12 @@ def main() -> None:
     ap.add_argument(
         "--average-from", type=int, default=0, help="> 0: keep the weights averaged from this step to the stop (SWA)"
     )
+    ap.add_argument(
+        "--local-prob",
+        type=float,
+        default=0.0,
+        help="share of degraded copies whose artefact is confined to a random region (UnitConfig.local_prob)",
+    )
     ap.add_argument("--val-every", type=int, default=100, help="validation interval of those runs (steps)")
     ap.add_argument(
         "--select-only", default="", help="only make the validation run without this source, then exit (parallel)"
@@ -224,7 +243,9 @@ def main() -> None:
 
     frozen = FROZEN[args.preset] if args.frozen < 0 else args.frozen
     t0 = time.monotonic()
-    cache = get_cache(work, args.preset, args.init, args.units, args.shards, args.seed, frozen, args.train_size)
+    cache = get_cache(
+        work, args.preset, args.init, args.units, args.shards, args.seed, frozen, args.train_size, args.local_prob
+    )
     t_cache = time.monotonic() - t0
     log(f"cache: {len(cache.role)} images ({args.units} units) in {t_cache:.0f} s")
     corpus, real = load_rows(US_CORPUS, "us_corpus"), load_rows(REAL_US, "real_us")

@@ -4,6 +4,7 @@ resumes, and a pretrained checkpoint is an ordinary checkpoint that training sta
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -82,6 +83,24 @@ def test_unit_has_clean_view_and_two_families(corpus: Path) -> None:
     assert [u[1] for u in unit] == [ROLE_CLEAN, ROLE_VIEW, ROLE_DEGRADED, ROLE_DEGRADED]
     assert unit[2][2] != unit[3][2] and all(u[0].shape == (1, 64, 64) for u in unit)
     assert all(0.05 <= u[3] <= 1 for u in unit[2:])
+
+
+def test_local_copies_keep_the_rest_of_the_frame_and_are_milder(corpus: Path) -> None:
+    """UnitConfig.local_prob: the first degraded copy draws the same family, severity and artefact either way; the
+    local one differs from the clean copy only in part of the frame, with a lower severity."""
+    frames = load_frames(training_rows(load_rows(corpus, "t")))
+    fams = ["noise_uncorrelated", "speckle_correlated"]
+    cfg = UnitConfig(input_size=64)
+    whole = make_unit(frames[0], cfg, np.random.default_rng(3), fams)
+    local = make_unit(frames[0], replace(cfg, local_prob=1.0), np.random.default_rng(3), fams)
+    assert np.array_equal(whole[0][0], local[0][0]) and whole[2][2] == local[2][2]
+    unchanged = [float((np.abs(u[2][0] - u[0][0]) < 1e-3).mean()) for u in (whole, local)]
+    assert unchanged[1] > unchanged[0] + 0.3, unchanged  # measured 0.07 vs 0.68
+    assert local[2][3] < whole[2][3]
+    gain = make_unit(frames[0], replace(cfg, local_prob=1.0), np.random.default_rng(3), ["gain_low", "gain_high"])
+    assert [u[3] for u in gain] == [
+        u[3] for u in make_unit(frames[0], cfg, np.random.default_rng(3), ["gain_low", "gain_high"])
+    ]
 
 
 def test_trunk_then_top_equals_the_model() -> None:

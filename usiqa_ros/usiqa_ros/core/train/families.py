@@ -54,6 +54,26 @@ class UnitConfig:
     work_max: int = 0
     min_severity: float = 0.05
     shift_px: tuple[int, int] = (2, 8)
+    # Probability that a degraded copy keeps its artefact only inside a random soft ellipse (`local_mask`): real
+    # artefacts are often confined to part of the image (clutter in one chamber, a noisy patch, a dropout). The
+    # copy's severity is scaled by the square root of the share of the change kept; a copy that keeps less than
+    # `local_min_kept` of it stays global (a near-clean copy ranked below the clean one would contradict the
+    # consistency loss). 0 = off (the bundled recipe; no extra random draws, so its cache is unchanged).
+    # Only texture families are confined: an intensity-only family (gain, TGC) inside an ellipse draws anatomy (a
+    # dark ellipse is what a cyst looks like, and a clean anechoic region must stay good); contact loss and shadow
+    # are regional already.
+    local_prob: float = 0.0
+    local_min_kept: float = 0.1
+    local_families: tuple[str, ...] = (
+        "noise_uncorrelated",
+        "speckle_correlated",
+        "haze",
+        "clutter",
+        "defocus_blur",
+        "motion_blur",
+        "compression",
+        "dropped_lines",
+    )
 
     def __post_init__(self) -> None:
         self.work_min = self.work_min or round(1.25 * self.input_size)
@@ -144,8 +164,27 @@ def make_unit(
     for fi in rng.choice(len(families), size=2, replace=False):
         sev = float(rng.uniform(cfg.min_severity, 1.0))
         img = degrade(base, families[int(fi)], sev, rng)
+        if cfg.local_prob and families[int(fi)] in cfg.local_families and rng.random() < cfg.local_prob:
+            mask = local_mask(base.shape, rng)
+            change = np.abs(img - base)
+            kept = float((mask * change).sum() / max(float(change.sum()), 1e-6))
+            if kept >= cfg.local_min_kept:
+                img = base + mask * (img - base)
+                sev *= math.sqrt(kept)
         out.append((preprocess_frame(img, pre), ROLE_DEGRADED, int(fi), sev))
     return out
+
+
+def local_mask(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """Soft ellipse (1 inside, 0 outside, edges blurred) with semi-axes of 20-45 % of the frame's sides at a random
+    place and angle: a region to confine an artefact to. Generic on purpose: no family's geometry."""
+    h, w = shape[:2]
+    mask = np.zeros((h, w), np.float32)
+    centre = (int(rng.uniform(0.2, 0.8) * w), int(rng.uniform(0.15, 0.85) * h))
+    axes = (max(2, int(rng.uniform(0.2, 0.45) * w)), max(2, int(rng.uniform(0.2, 0.45) * h)))
+    cv2.ellipse(mask, centre, axes, float(rng.uniform(0, 180)), 0, 360, 1.0, -1)
+    blurred: np.ndarray = cv2.GaussianBlur(mask, (0, 0), 0.04 * max(h, w))
+    return blurred
 
 
 # -- frozen trunk / trainable top (EfficientNet and ResNet-family backbones) --
