@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 import torch
 
-from benchmarks.common import RESULTS
+from benchmarks.common import RESULTS, write_json
 from usiqa_ros.core.baselines import available_baselines
 from usiqa_ros.core.data.corpus import REAL_US, US_CORPUS, Row, load_rows, quality_split
 from usiqa_ros.core.data.degrade import FAMILIES, dark_region_mask, degrade, scan_mask
@@ -39,6 +39,7 @@ from usiqa_ros.core.data.synthetic import load_gray
 from usiqa_ros.core.engine import Engine, EngineConfig
 from usiqa_ros.core.metrics import pairwise_accuracy
 from usiqa_ros.core.preprocess import PreprocessConfig, preprocess_frame
+from usiqa_ros.core.safe_io import atomic_write_text
 
 CONSISTENCY = ("flip", "brightness_0.9", "brightness_1.1", "shift_4px")
 DARK = ("dark_haze", "dark_noise")
@@ -383,8 +384,8 @@ def finish(args, res: dict, work: Path, all_variants, keys: list[str], engine: E
         "above_every_baseline_per_family": beats,
         "hip_zero_shot_auc": res["hip"].get("zero_shot_score_auc"),
     }
-    Path(args.out_json).write_text(json.dumps(res, indent=1) + "\n")
-    Path(args.out_json).with_suffix(".md").write_text(markdown(res))
+    write_json(args.out_json, res)  # atomic, like every result file
+    atomic_write_text(Path(args.out_json).with_suffix(".md"), markdown(res))
     log(markdown(res))
 
 
