@@ -4,7 +4,7 @@
 
 Floating-point tensors and buffers are averaged; the first checkpoint gives the configuration. Tried for the
 bundled model (README "Bundled default model": 0.5 x the bundled weights + 0.5 x the weights averaged over steps
-300-700 of the same run); not adopted.
+300-700 of a run of the same recipe); not adopted.
 """
 
 from __future__ import annotations

@@ -55,10 +55,13 @@ from usiqa_ros.core.train.families import (  # noqa: E402
 FROZEN = {"usqnet_lite": 5, "usqnet": 2}
 
 
-def start_model(preset: str, init: str, view_blocks: int = 0, size: int = 0) -> tuple[USQNet, str]:
+def start_model(preset: str, init: str, view_blocks: int = 0, size: int = 0, seed: int = 0) -> tuple[USQNet, str]:
     """The starting weights: a pretrained checkpoint (--init), ImageNet (lite), or random (full USQNet), at input
     `size` (0: the preset's). With `view_blocks` k > 0 (ImageNet start), the model keeps a frozen copy of ImageNet
-    blocks k.. for its view embedding (USQNetConfig.view_shared_blocks)."""
+    blocks k.. for its view embedding (USQNetConfig.view_shared_blocks). The layers no weights exist for (pooling
+    reduction, head) are initialised from `seed`, so a run is repeatable (the bundled model predates this: its
+    head's initialisation was unseeded)."""
+    torch.manual_seed(seed)
     if init:
         model = load_checkpoint(init).model
         if size:
@@ -139,6 +142,10 @@ def source_of_units(cache: Cache, rows: list) -> list[str]:
     return [rows[int(f)].source for f in cache.frame]
 
 
+def train_seed(args: argparse.Namespace) -> int:
+    return int(args.seed if args.train_seed < 0 else args.train_seed)
+
+
 def select_run(
     work: Path, cache: Cache, sources: list[str], held: str, args: argparse.Namespace, frozen: int, log
 ) -> list[dict]:
@@ -148,9 +155,13 @@ def select_run(
     if path.exists():
         return list(json.loads(path.read_text()))
     is_held = torch.tensor([s == held for s in sources])
-    model, _ = start_model(args.preset, args.init, size=args.train_size)
+    model, _ = start_model(args.preset, args.init, size=args.train_size, seed=train_seed(args))
     cfg = TopTrainConfig(
-        steps=args.steps, units_per_step=args.units_per_step, lr=args.lr, seed=args.seed, stop_at=args.select_max_steps
+        steps=args.steps,
+        units_per_step=args.units_per_step,
+        lr=args.lr,
+        seed=train_seed(args),
+        stop_at=args.select_max_steps,
     )
     summary = train_top(
         model,
@@ -187,7 +198,15 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--units-per-step", type=int, default=12)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--seed", type=int, default=0, help="seed of the cached units and, unless --train-seed, of training"
+    )
+    ap.add_argument(
+        "--train-seed",
+        type=int,
+        default=-1,
+        help="seed of training only (unit order, initialisation of the new layers): run-to-run spread on one cache",
+    )
     ap.add_argument("--threads", type=int, default=1, help="torch threads for training (1 is fastest under load)")
     ap.add_argument("--frozen", type=int, default=-1, help="leading blocks/stages kept frozen (default: per preset)")
     ap.add_argument(
@@ -272,12 +291,14 @@ def main() -> None:
         }
         log(f"early stopping: step {stop_at} of {args.steps} ({json.dumps(mean)})")
     lite = args.preset == "usqnet_lite"
-    model, start = start_model(args.preset, args.init, view_blocks=frozen if lite else 0, size=args.train_size)
+    model, start = start_model(
+        args.preset, args.init, view_blocks=frozen if lite else 0, size=args.train_size, seed=train_seed(args)
+    )
     cfg = TopTrainConfig(
         steps=args.steps,
         units_per_step=args.units_per_step,
         lr=args.lr,
-        seed=args.seed,
+        seed=train_seed(args),
         stop_at=stop_at,
         average_from=args.average_from,
     )
