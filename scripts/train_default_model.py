@@ -1,6 +1,8 @@
 """Train the bundled default model (lite) or the full USQNet with the artefact-family recipe, on CPU.
 
-Reproduce the bundled model (about 27 min on 2 free cores: 7 min cache, 20 min training; the cache is reused):
+Reproduce the bundled model's recipe (about 27 min on 2 free cores: 7 min cache, 20 min training; the cache is
+reused; the bundled head's initialisation was unseeded, so a rerun is another draw of the recipe, README "Run-to-run
+spread"):
     .venv/bin/python scripts/train_default_model.py --out usiqa_ros/usiqa_ros/models
 The early-stopped variant (README "Early stopping"; not bundled): `--stop-at -1`, about 60 min (3 leave-one-source-out
 validation runs of 15 min, two at a time with `--select-only <source>`, then an 8-min final run).
