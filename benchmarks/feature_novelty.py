@@ -29,19 +29,20 @@ from usiqa_ros.core.data.corpus import REAL_US, US_CORPUS, load_rows, quality_sp
 from usiqa_ros.core.data.degrade import FAMILIES
 from usiqa_ros.core.data.synthetic import load_gray
 from usiqa_ros.core.metrics import pairwise_accuracy
-from usiqa_ros.core.model import build_model
+from usiqa_ros.core.model import USQNet, build_model
 from usiqa_ros.core.model.pretrained import load_imagenet_backbone
 from usiqa_ros.core.model.usqnet import PRESETS
 from usiqa_ros.core.preprocess import PreprocessConfig, preprocess_frame
 
 
-def block_statistics(backbone: torch.nn.Module, frames: list[np.ndarray], size: int) -> list[np.ndarray]:
+def block_statistics(model: USQNet, frames: list[np.ndarray]) -> list[np.ndarray]:
     """Per block 1..6: N x 2C (channel means, channel standard deviations) of the ImageNet backbone's output."""
-    pre = PreprocessConfig(input_size=size)
+    cfg, backbone = model.config, model.backbone
+    pre = PreprocessConfig(input_size=cfg.input_size)
     x = torch.from_numpy(np.stack([preprocess_frame(f, pre) for f in frames])).expand(-1, 3, -1, -1)
     out = []
     with torch.inference_mode():
-        h = backbone.bn1(backbone.conv_stem((x - 0.5) / 0.5))  # the lite preset's normalisation
+        h = backbone.bn1(backbone.conv_stem((x - cfg.input_mean) / cfg.input_std))  # the preset's normalisation
         for k, block in enumerate(backbone.blocks):
             h = block(h)
             if k >= 1:
@@ -60,13 +61,13 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.monotonic()
     model = build_model(replace(PRESETS["usqnet_lite"](), input_size=args.size))
     load_imagenet_backbone(model.backbone, model.config.backbone)
-    backbone = model.backbone.eval()
+    model.eval()
     train, evaluation = quality_split(load_rows(US_CORPUS, "us_corpus"), load_rows(REAL_US, "real_us"))
     rng = np.random.default_rng(args.seed)
     fit_rows = [train[i] for i in rng.choice(len(train), min(args.fit_frames, len(train)), replace=False)]
     stats: list[list[np.ndarray]] = []
     for i in range(0, len(fit_rows), 32):
-        stats.append(block_statistics(backbone, [load_gray(r.path) for r in fit_rows[i : i + 32]], args.size))
+        stats.append(block_statistics(model, [load_gray(r.path) for r in fit_rows[i : i + 32]]))
     per_block = [np.concatenate(s) for s in zip(*stats, strict=True)]
     fits = []
     for d in per_block:
@@ -77,9 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     for i, r in enumerate(evaluation):
         v = variants(load_gray(r.path), args.seed, i)  # the same variants as benchmarks.quality
         present = [k for k in keys if k in v]
-        for b, (d, (mu, sd, lw)) in enumerate(
-            zip(block_statistics(backbone, [v[k] for k in present], args.size), fits, strict=True)
-        ):
+        for b, (d, (mu, sd, lw)) in enumerate(zip(block_statistics(model, [v[k] for k in present]), fits, strict=True)):
             for k, m in zip(present, lw.mahalanobis((d - mu) / sd), strict=True):
                 scores[k][b, i] = -np.sqrt(m)
     res: dict[str, Any] = {
