@@ -283,10 +283,11 @@ def test_param_set_runtime_and_refused(ws, system):
     assert ws.param(node, "crop") == "auto"
     ws.ros2("param", "set", node, "crop", "none", "--no-daemon", "--spin-time", "3", expect="successful")
     # read at configure: refused while configured, with the reason
-    out = ws.ros2("param", "set", node, "model_path", "/x.safetensors", "--no-daemon", expect="Setting parameter")
+    direct = ("--no-daemon", "--spin-time", "3")  # the default 0.5 s of discovery is too short under load
+    out = ws.ros2("param", "set", node, "model_path", "/x.safetensors", *direct, expect="Setting parameter")
     assert "Setting parameter failed" in out and "configure" in out, out
     # read-only
-    out = ws.ros2("param", "set", node, "max_pixels", "100", "--no-daemon", expect="Setting parameter")
+    out = ws.ros2("param", "set", node, "max_pixels", "100", *direct, expect="Setting parameter")
     assert "Setting parameter failed" in out and "read-only" in out, out
 
 
@@ -337,7 +338,7 @@ def test_arguments_override_params_file_and_double_sigint(ws, params_file, model
     assert ws.param(node, "best_view.enabled") == "False"
     assert ws.param(node, "image_topic") == "image"  # no argument, not in the file: the node's default
     assert "model argument_model@" in launch.output()
-    info = ws.ros2("node", "info", node, "--no-daemon", expect="Action Servers:")
+    info = ws.ros2("node", "info", node, "--no-daemon", "--spin-time", "3", expect="Action Servers:")
     assert "best_view_search" not in info, info
     launch.interrupt(group=True)
     rc = launch.finish()
