@@ -102,6 +102,18 @@ def summarise(scores: dict[str, np.ndarray], names: list[str]) -> dict:
     return res
 
 
+def score_spread(scores: dict[str, np.ndarray]) -> dict:
+    """How much of [0, 1] the score uses: pairwise accuracy only ranks, and a model whose scores all sit near one
+    value (an average of unrelated weights, README) can rank well yet give a planner or a grade nothing to use."""
+    clean = scores["clean"]
+    drops = [float(np.median(clean - scores[f])) for f in FAMILIES]
+    return {
+        "clean_std": float(clean.std()),
+        "clean_q10_q50_q90": [float(q) for q in np.quantile(clean, [0.1, 0.5, 0.9])],
+        "median_drop_per_family_mean": float(np.mean(drops)),
+    }
+
+
 def score_all(fn, frames_variants: list[dict[str, np.ndarray]], keys: list[str]) -> dict[str, np.ndarray]:
     out = {k: np.full(len(frames_variants), np.nan) for k in keys}
     for i, v in enumerate(frames_variants):
@@ -330,6 +342,7 @@ def main(argv: list[str] | None = None) -> None:
         "severity": "uniform 0.3-1.0 per frame and family (seeded)",
         "bundled": summarise(bundled_scores, list(FAMILIES)),
     }
+    res["bundled"]["score_spread"] = score_spread(bundled_scores)
     res["bundled"]["per_source_families_mean"] = {
         s: float(
             np.mean(

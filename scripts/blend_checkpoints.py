@@ -2,9 +2,11 @@
 
     .venv/bin/python scripts/blend_checkpoints.py OUT.safetensors A.safetensors:0.5 B.safetensors:0.5
 
-Floating-point tensors and buffers are averaged; the first checkpoint gives the configuration. Tried for the
-bundled model (README "Bundled default model": 0.5 x the bundled weights + 0.5 x the weights averaged over steps
-300-700 of a run of the same recipe); not adopted.
+Floating-point tensors and buffers are averaged; the first checkpoint gives the configuration. Only runs from one
+start average well: runs whose new layers were initialised differently (another `--init-seed`, or unseeded, as the
+bundled model) give a model whose scores collapse towards one value even where it still ranks pairs well (README
+"Bundled default model"; check with `python -m benchmarks.score_spread`). The training metadata's `init_seed`
+(scripts/train_default_model.py) is compared: different starts are refused, unknown ones warned about.
 """
 
 from __future__ import annotations
@@ -16,16 +18,23 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "usiqa_ros"))
 
-from usiqa_ros.core.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from usiqa_ros.core.checkpoint import load_checkpoint, read_metadata, save_checkpoint  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("out")
     ap.add_argument("inputs", nargs="+", help="PATH:WEIGHT (weights are normalised to sum to 1)")
+    ap.add_argument("--different-starts", action="store_true", help="average runs of different starts anyway")
     args = ap.parse_args()
     paths, weights = zip(*((p.rsplit(":", 1)[0], float(p.rsplit(":", 1)[1])) for p in args.inputs), strict=True)
     total = sum(weights)
+    starts = {p: read_metadata(p).get("training", {}).get("init_seed") for p in paths}
+    if None in starts.values():
+        unknown = ", ".join(p for p, s in starts.items() if s is None)
+        print(f"warning: no init_seed in {unknown}: cannot check that the runs share a start", file=sys.stderr)
+    elif len(set(starts.values())) > 1 and not args.different_starts:
+        raise SystemExit(f"the runs started from different initialisations {starts}: their average collapses the score")
     checkpoints = [load_checkpoint(p) for p in paths]
     model = checkpoints[0].model
     states = [c.model.state_dict() for c in checkpoints]

@@ -148,6 +148,12 @@ def train_seed(args: argparse.Namespace) -> int:
     return int(args.seed if args.train_seed < 0 else args.train_seed)
 
 
+def init_seed(args: argparse.Namespace) -> int:
+    """Seed of the new layers' initialisation: runs that share it (and differ in unit order) can be weight-averaged;
+    runs from different initialisations cannot (their average collapses the score range, README)."""
+    return int(train_seed(args) if args.init_seed < 0 else args.init_seed)
+
+
 def select_run(
     work: Path, cache: Cache, sources: list[str], held: str, args: argparse.Namespace, frozen: int, log
 ) -> list[dict]:
@@ -157,7 +163,7 @@ def select_run(
     if path.exists():
         return list(json.loads(path.read_text()))
     is_held = torch.tensor([s == held for s in sources])
-    model, _ = start_model(args.preset, args.init, size=args.train_size, seed=train_seed(args))
+    model, _ = start_model(args.preset, args.init, size=args.train_size, seed=init_seed(args))
     cfg = TopTrainConfig(
         steps=args.steps,
         units_per_step=args.units_per_step,
@@ -208,6 +214,12 @@ def main() -> None:
         type=int,
         default=-1,
         help="seed of training only (unit order, initialisation of the new layers): run-to-run spread on one cache",
+    )
+    ap.add_argument(
+        "--init-seed",
+        type=int,
+        default=-1,
+        help="seed of the new layers' initialisation only (default: the training seed); same-start runs for a soup",
     )
     ap.add_argument("--threads", type=int, default=1, help="torch threads for training (1 is fastest under load)")
     ap.add_argument("--frozen", type=int, default=-1, help="leading blocks/stages kept frozen (default: per preset)")
@@ -294,7 +306,7 @@ def main() -> None:
         log(f"early stopping: step {stop_at} of {args.steps} ({json.dumps(mean)})")
     lite = args.preset == "usqnet_lite"
     model, start = start_model(
-        args.preset, args.init, view_blocks=frozen if lite else 0, size=args.train_size, seed=train_seed(args)
+        args.preset, args.init, view_blocks=frozen if lite else 0, size=args.train_size, seed=init_seed(args)
     )
     cfg = TopTrainConfig(
         steps=args.steps,
@@ -321,6 +333,7 @@ def main() -> None:
         "cache_seconds": round(t_cache),
         "train_seconds": summary["seconds"],
         "top_config": summary["config"],
+        "init_seed": init_seed(args),  # the new layers' start: only same-start runs can be averaged
         "final_losses": summary["history"][-1] if summary["history"] else None,
         "early_stopping": selection,
         "command": "scripts/train_default_model.py " + " ".join(sys.argv[1:]),
