@@ -330,11 +330,12 @@ def _run_main(*ros_args: str, env: dict[str, str] | None = None) -> subprocess.P
 
 
 def test_main_entry_point_autostart_failures_and_enclave(ros, tmp_path):
-    """The `main()` path, four processes started together (they share the start-up cost):
+    """The `main()` path, five processes started together (they share the start-up cost):
     a bad model_path and a parameter of the wrong type exit non-zero with one message and no traceback;
     autostart:=false waits unconfigured; autostart (default) reaches active, here also with an SROS2 enclave
     argument and ROS_SECURITY_* set (Permissive: the Fast DDS of the pip wheels is built without the security
-    plugins, so an enforced enclave cannot be exercised here); SIGINT exits 0."""
+    plugins, so an enforced enclave cannot be exercised here); SIGINT exits 0. A fifth, sent SIGSEGV as a crash in
+    native code would, leaves the Python stacks of its threads in its output (spin.trace_native_crashes)."""
     import signal
 
     security = {
@@ -348,7 +349,8 @@ def test_main_entry_point_autostart_failures_and_enclave(ros, tmp_path):
         "iqa_main_manual": _run_main("-r", "__node:=iqa_main_manual", "-p", "autostart:=false"),
         "iqa_main_auto": _run_main("-r", "__node:=iqa_main_auto", "--enclave", "/usiqa/iqa_node", env=security),
     }
-    peers = {n: Peer(n) for n in procs}
+    crash = _run_main("-r", "__node:=iqa_main_crash", "-p", "autostart:=false")
+    peers = {n: Peer(n) for n in [*procs, "iqa_main_crash"]}
     spin = Spinner(*peers.values())
     try:
         out, _ = bad_path.communicate(timeout=120)
@@ -368,8 +370,13 @@ def test_main_entry_point_autostart_failures_and_enclave(ros, tmp_path):
             out, _ = p.communicate(timeout=30)
             assert p.returncode == 0, (n, out)
             assert "Traceback" not in out, out
+        assert peers["iqa_main_crash"].state() == "unconfigured"
+        crash.send_signal(signal.SIGSEGV)
+        out, _ = crash.communicate(timeout=30)
+        assert crash.returncode == -signal.SIGSEGV, out
+        assert "Fatal Python error: Segmentation fault" in out and "usiqa_ros/ros/iqa_node.py" in out, out
     finally:
-        for p in [bad_path, bad_type, *procs.values()]:
+        for p in [bad_path, bad_type, crash, *procs.values()]:
             if p.poll() is None:
                 p.kill()
         spin.stop()

@@ -48,6 +48,7 @@ from usiqa_msgs.action import BestViewSearch
 from usiqa_msgs.msg import QualityScore
 
 from usiqa_ros.ros.best_view import ACTION_NAME, OUTCOME_NAMES
+from usiqa_ros.ros.spin import trace_native_crashes
 
 Result = BestViewSearch.Result
 Feedback = BestViewSearch.Feedback
@@ -251,6 +252,7 @@ def format_result(result: Any) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv if argv is None else [sys.argv[0], *argv]
+    trace_native_crashes()
     rclpy.init(args=argv)
     ap = argparse.ArgumentParser(description="Run one best-view search against iqa_node and print the result.")
     ap.add_argument("--target", type=float, default=0.0, help="stop early at this score in [0, 1]; 0 = never")

@@ -47,7 +47,7 @@ from usiqa_ros.core.references import ReferenceError, ReferenceFrame, ReferenceS
 from usiqa_ros.ros.annotate import DebugImage
 from usiqa_ros.ros.best_view import BestViewConfig, BestViewServer, ScoreListener
 from usiqa_ros.ros.diagnostics import Health, IqaDiagnostics, NodeStats, parameter_descriptors
-from usiqa_ros.ros.spin import MultiThreadedExecutor, ignore_sigint
+from usiqa_ros.ros.spin import MultiThreadedExecutor, ignore_sigint, trace_native_crashes
 
 
 @dataclass
@@ -415,10 +415,13 @@ class IqaNode(LifecycleNode):
     on_shutdown = on_cleanup
 
     def destroy_node(self) -> None:
-        """Stop the worker and end best-view goals before rclpy destroys the node's entities."""
+        """Stop the worker and end best-view goals before rclpy destroys the node's entities; then release the
+        model here, in a known state, rather than in the interpreter's teardown at exit."""
         self._stop()
         self._destroy_best_view()
         super().destroy_node()
+        self.engine = None
+        self.references = None
 
     def _destroy_best_view(self) -> None:
         if self._best_view is not None:
@@ -654,6 +657,7 @@ class IqaNode(LifecycleNode):
 
 
 def main(args: list[str] | None = None) -> int:
+    trace_native_crashes()
     rclpy.init(args=args)
     try:
         node = IqaNode()

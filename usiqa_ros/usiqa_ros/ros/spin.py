@@ -3,6 +3,7 @@ the tests) and the one way the small command-line nodes run (init, build, spin u
 
 from __future__ import annotations
 
+import faulthandler
 import inspect
 import signal
 import threading
@@ -66,8 +67,16 @@ def ignore_sigint() -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def trace_native_crashes() -> None:
+    """A crash in native code (rmw, onnxruntime, torch) prints every thread's Python stack to stderr (the launch
+    log) before the process dies, instead of only launch's "process has died ... exit code -11"."""
+    if not faulthandler.is_enabled():
+        faulthandler.enable(all_threads=True)
+
+
 def spin_node(make_node: Callable[[], Node], args: list[str] | None = None) -> None:
     """rclpy.init(args), make_node(), spin; Ctrl-C and external shutdown end it quietly."""
+    trace_native_crashes()
     rclpy.init(args=args)
     node = make_node()
     try:
