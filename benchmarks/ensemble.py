@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import write_json
-from benchmarks.quality import CONSISTENCY, DARK, score_all, score_spread, summarise, variants
+from benchmarks.quality import CONSISTENCY, DARK, hip_frames, score_all, score_spread, summarise, variants
 from usiqa_ros.core.data.corpus import REAL_US, US_CORPUS, load_rows, quality_split
 from usiqa_ros.core.data.degrade import FAMILIES
 from usiqa_ros.core.data.synthetic import load_gray
@@ -58,8 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     work.mkdir(parents=True, exist_ok=True)
     _, eval_rows = quality_split(load_rows(US_CORPUS, "us_corpus"), load_rows(REAL_US, "real_us"))
     frames = [variants(load_gray(r.path), args.seed, i) for i, r in enumerate(eval_rows)]
-    hip_rows = [r for r in eval_rows if r.source == "hip"]
-    y = np.array([1 if "quality=standard" in r.label else 0 for r in hip_rows])
+    hip_rows, y = hip_frames(eval_rows)
     members = [member_scores(p, frames, [load_gray(r.path) for r in hip_rows], work) for p in args.models]
     mean = {k: np.mean([m[k] for m in members], axis=0) for k in members[0] if k != "model_id"}
 

@@ -124,6 +124,12 @@ def score_all(fn, frames_variants: list[dict[str, np.ndarray]], keys: list[str])
     return out
 
 
+def hip_frames(rows: list[Row]) -> tuple[list[Row], np.ndarray]:
+    """The infant-hip rows and their labels (1 = standard plane, 0 = substandard): the only real quality labels."""
+    hip = [r for r in rows if r.source == "hip"]
+    return hip, np.array([1 if "quality=standard" in r.label else 0 for r in hip])
+
+
 def hip_checks(engine: Engine, rows: list[Row], seed: int) -> dict:
     """Zero-shot AUC of the score, grouped 5-fold CV of a logistic probe and a reference-distance score."""
     from sklearn.linear_model import LogisticRegression
@@ -132,8 +138,7 @@ def hip_checks(engine: Engine, rows: list[Row], seed: int) -> dict:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    hip = [r for r in rows if r.source == "hip"]
-    y = np.array([1 if "quality=standard" in r.label else 0 for r in hip])
+    hip, y = hip_frames(rows)
     groups = [r.group for r in hip]
     imgs = [load_gray(r.path) for r in hip]
     score = np.array([s.score for s in engine.score(imgs)])

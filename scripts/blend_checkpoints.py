@@ -18,7 +18,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "usiqa_ros"))
 
-from usiqa_ros.core.checkpoint import load_checkpoint, read_metadata, save_checkpoint  # noqa: E402
+from usiqa_ros.core.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 
 
 def main() -> None:
@@ -29,13 +29,13 @@ def main() -> None:
     args = ap.parse_args()
     paths, weights = zip(*((p.rsplit(":", 1)[0], float(p.rsplit(":", 1)[1])) for p in args.inputs), strict=True)
     total = sum(weights)
-    starts = {p: read_metadata(p).get("training", {}).get("init_seed") for p in paths}
+    checkpoints = [load_checkpoint(p) for p in paths]
+    starts = {p: c.metadata.get("training", {}).get("init_seed") for p, c in zip(paths, checkpoints, strict=True)}
     if None in starts.values():
         unknown = ", ".join(p for p, s in starts.items() if s is None)
         print(f"warning: no init_seed in {unknown}: cannot check that the runs share a start", file=sys.stderr)
     elif len(set(starts.values())) > 1 and not args.different_starts:
         raise SystemExit(f"the runs started from different initialisations {starts}: their average collapses the score")
-    checkpoints = [load_checkpoint(p) for p in paths]
     model = checkpoints[0].model
     states = [c.model.state_dict() for c in checkpoints]
     if any(s.keys() != states[0].keys() for s in states):

@@ -30,6 +30,9 @@ MODEL = PKG / "usiqa_ros" / "models" / "usqnet_lite_default.safetensors"
 STARTUP_S = 300.0  # the node loads torch and the model: ~10 s on a quiet machine, much more under load
 # A domain of its own (the in-process tests use 20-99, see conftest.py), so concurrent runs do not meet.
 DOMAIN = str(1 + os.getpid() % 19)
+# Every CLI call that talks to a node: no daemon, and 3 s of discovery (the CLI's default 0.5 s is too short under
+# load: "Node not found" in CI).
+DIRECT = ("--no-daemon", "--spin-time", "3")
 
 
 def _missing_underlay() -> str:
@@ -169,7 +172,7 @@ class Workspace:
         return p
 
     def param(self, node: str, name: str) -> str:
-        out = self.ros2("param", "get", node, name, "--no-daemon", "--spin-time", "3", expect="value is:")
+        out = self.ros2("param", "get", node, name, *DIRECT, expect="value is:")
         return out.split("value is:", 1)[1].strip()
 
 
@@ -278,28 +281,27 @@ def test_scores_on_the_namespaced_topic(ws, system):
 
 def test_param_set_runtime_and_refused(ws, system):
     node = "/cli/iqa_node"
-    out = ws.ros2("param", "set", node, "crop", "auto", "--no-daemon", "--spin-time", "3", expect="Set parameter")
+    out = ws.ros2("param", "set", node, "crop", "auto", *DIRECT, expect="Set parameter")
     assert "Set parameter successful" in out, out
     assert ws.param(node, "crop") == "auto"
-    ws.ros2("param", "set", node, "crop", "none", "--no-daemon", "--spin-time", "3", expect="successful")
+    ws.ros2("param", "set", node, "crop", "none", *DIRECT, expect="successful")
     # read at configure: refused while configured, with the reason
-    direct = ("--no-daemon", "--spin-time", "3")  # the default 0.5 s of discovery is too short under load
-    out = ws.ros2("param", "set", node, "model_path", "/x.safetensors", *direct, expect="Setting parameter")
+    out = ws.ros2("param", "set", node, "model_path", "/x.safetensors", *DIRECT, expect="Setting parameter")
     assert "Setting parameter failed" in out and "configure" in out, out
     # read-only
-    out = ws.ros2("param", "set", node, "max_pixels", "100", *direct, expect="Setting parameter")
+    out = ws.ros2("param", "set", node, "max_pixels", "100", *DIRECT, expect="Setting parameter")
     assert "Setting parameter failed" in out and "read-only" in out, out
 
 
 def test_lifecycle_get_set(ws, system):
     node = "/cli/iqa_node"
-    assert "active [3]" in ws.ros2("lifecycle", "get", node, "--no-daemon", "--spin-time", "3", expect="active")
-    out = ws.ros2("lifecycle", "set", node, "deactivate", "--no-daemon", "--spin-time", "3", expect="Transitioning")
+    assert "active [3]" in ws.ros2("lifecycle", "get", node, *DIRECT, expect="active")
+    out = ws.ros2("lifecycle", "set", node, "deactivate", *DIRECT, expect="Transitioning")
     assert "Transitioning successful" in out, out
-    assert "inactive [2]" in ws.ros2("lifecycle", "get", node, "--no-daemon", "--spin-time", "3", expect="inactive")
-    out = ws.ros2("lifecycle", "set", node, "activate", "--no-daemon", "--spin-time", "3", expect="Transitioning")
+    assert "inactive [2]" in ws.ros2("lifecycle", "get", node, *DIRECT, expect="inactive")
+    out = ws.ros2("lifecycle", "set", node, "activate", *DIRECT, expect="Transitioning")
     assert "Transitioning successful" in out, out
-    assert "active [3]" in ws.ros2("lifecycle", "get", node, "--no-daemon", "--spin-time", "3", expect="active")
+    assert "active [3]" in ws.ros2("lifecycle", "get", node, *DIRECT, expect="active")
 
 
 def test_action_send_goal(ws, system):
@@ -338,7 +340,7 @@ def test_arguments_override_params_file_and_double_sigint(ws, params_file, model
     assert ws.param(node, "best_view.enabled") == "False"
     assert ws.param(node, "image_topic") == "image"  # no argument, not in the file: the node's default
     assert "model argument_model@" in launch.output()
-    info = ws.ros2("node", "info", node, "--no-daemon", "--spin-time", "3", expect="Action Servers:")
+    info = ws.ros2("node", "info", node, *DIRECT, expect="Action Servers:")
     assert "best_view_search" not in info, info
     launch.interrupt(group=True)
     rc = launch.finish()
