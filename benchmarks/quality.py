@@ -12,7 +12,8 @@ anechoic region, two copies with haze or noise added ONLY inside that region (th
 2. Every classical baseline of core/baselines.py on the same pairs.
 3. Leave-one-family-out: for each family F, the lite recipe from the same ImageNet start with a fixed small
    budget (`--lofo-steps` top-training steps on the cached units of scripts/train_default_model.py) without
-   any unit image of F, tested on F; an in-distribution run with the same budget beside it.
+   any unit image of F, tested on F; an in-distribution run with the same budget beside it. Each run is made
+   once per training seed (`--lofo-seeds`, default 1 and 2: one seed's left-out figure moves by up to 0.1).
 4. USCL pretraining: the same in-distribution budget from the `usiqa-train pretrain` checkpoint.
 5. Hip standard vs substandard (the only real quality labels): zero-shot AUC of the score, and grouped
    5-fold CV of a logistic-regression probe and of a nearest-standard-reference distance on the descriptor.
@@ -185,6 +186,7 @@ def run_lofo(args, all_variants: list[dict[str, np.ndarray]], keys: list[str], w
         frozen,
         size=SHORT_RUN_SIZE,
         local_prob=args.local_prob,
+        extra_families=tuple(args.extra_families),
     )
     base, start = start_model("usqnet_lite", "", size=SHORT_RUN_SIZE)
     flat = [(i, k) for i, v in enumerate(eval_inputs) for k in keys if k in v]
@@ -202,44 +204,61 @@ def run_lofo(args, all_variants: list[dict[str, np.ndarray]], keys: list[str], w
     runs = {"in_distribution": ()} | {f"without_{f}": (f,) for f in FAMILIES}
     if args.pretrained and Path(args.pretrained).exists():
         runs["in_distribution_uscl_init"] = ()
+    if args.lofo_runs:
+        runs = {name: ex for name, ex in runs.items() if name in args.lofo_runs.split(",")}
     if args.lofo_part:  # "k/n": this process trains every n-th run from the k-th (parallel workers)
         k, n = (int(v) for v in args.lofo_part.split("/"))
         runs = {name: ex for i, (name, ex) in enumerate(runs.items()) if i % n == k}
     results: dict = {}
-    for name, exclude in runs.items():
-        path = work / f"run_{name}.json"
-        if path.exists():
-            results[name] = json.loads(path.read_text())
-            continue
-        init = args.pretrained if name.endswith("uscl_init") else ""
-        model, _ = start_model("usqnet_lite", init, size=SHORT_RUN_SIZE)
-        cfg = TopTrainConfig(steps=args.lofo_steps, units_per_step=args.lofo_units, lr=1e-3, seed=1, exclude=exclude)
-        summary = train_top(model, cache, frozen, cfg, log=lambda m: None)
-        s = scores_from_feats(model, feats, frozen)
-        per = {k: np.full(len(eval_inputs), np.nan) for k in keys}
-        for (i, k), v in zip(flat, s, strict=True):
-            per[k][i] = v
-        res = summarise(per, list(FAMILIES))
-        res["seconds"] = summary["seconds"]
-        res["excluded"] = list(exclude)
-        path.write_text(json.dumps(res, indent=1))
-        log(f"{name}: min {res['families_min']:.3f} mean {res['families_mean']:.3f} ({summary['seconds']} s)")
-        results[name] = res
+    for seed in args.lofo_seeds:
+        results[str(seed)] = by_name = {}
+        for name, exclude in runs.items():
+            path = work / (f"run_{name}.json" if seed == 1 else f"run_{name}_seed{seed}.json")
+            if path.exists():
+                by_name[name] = json.loads(path.read_text())
+                continue
+            init = args.pretrained if name.endswith("uscl_init") else ""
+            model, _ = start_model("usqnet_lite", init, size=SHORT_RUN_SIZE)
+            cfg = TopTrainConfig(
+                steps=args.lofo_steps, units_per_step=args.lofo_units, lr=1e-3, seed=seed, exclude=exclude
+            )
+            summary = train_top(model, cache, frozen, cfg, log=lambda m: None)
+            s = scores_from_feats(model, feats, frozen)
+            per = {k: np.full(len(eval_inputs), np.nan) for k in keys}
+            for (i, k), v in zip(flat, s, strict=True):
+                per[k][i] = v
+            res = summarise(per, list(FAMILIES))
+            res["seconds"] = summary["seconds"]
+            res["excluded"] = list(exclude)
+            atomic_write_text(path, json.dumps(res, indent=1))
+            log(
+                f"{name} (seed {seed}): min {res['families_min']:.3f} mean {res['families_mean']:.3f} "
+                f"({summary['seconds']} s)"
+            )
+            by_name[name] = res
     return {
         "start": start,
         "steps": args.lofo_steps,
         "units_per_step": args.lofo_units,
         "frozen_blocks": frozen,
-        "runs": results,
+        "seeds": list(args.lofo_seeds),
+        "runs_by_seed": results,
     }
+
+
+def lofo_cells(lofo: dict, run: str, family: str) -> list[float]:
+    """The accuracy on `family` of short run `run`, one value per training seed."""
+    return [by_name[run]["families"][family] for by_name in lofo["runs_by_seed"].values() if run in by_name]
 
 
 def markdown(res: dict) -> str:
     fams = list(FAMILIES)
     model = res["bundled"]
     base = res["baselines"]
-    lofo = res.get("lofo", {}).get("runs", {})
-    head = ["family", "bundled model"] + (["in-distr. (short)", "left out (short)"] if lofo else []) + list(base)
+    lofo = res.get("lofo", {})
+    seeds = "/".join(str(k) for k in lofo.get("seeds", []))
+    short = [f"in-distr. (short, seeds {seeds})", f"left out (short, seeds {seeds})"] if lofo else []
+    head = ["family", "bundled model", *short, *base]
     lines = [
         f"Pairwise accuracy, clean real frame > its degraded copy, {res['n_eval_frames']} held-out real frames "
         f"(groups never trained on). Model {res['model_id']}.",
@@ -250,7 +269,7 @@ def markdown(res: dict) -> str:
     for f in fams:
         row = [f, f"{model['families'][f]:.3f}"]
         if lofo:
-            row += [f"{lofo['in_distribution']['families'][f]:.3f}", f"{lofo[f'without_{f}']['families'][f]:.3f}"]
+            row += [" / ".join(f"{v:.3f}" for v in lofo_cells(lofo, r, f)) for r in ("in_distribution", f"without_{f}")]
         row += [f"{b['families'][f]:.3f}" for b in base.values()]
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", f"Dark-region test (n = {model['dark_region']['n']} frames with an anechoic region):", ""]
@@ -272,14 +291,17 @@ def markdown(res: dict) -> str:
             f"{hip['grouped_cv_probe_auc']:.3f}, nearest-standard-reference distance AUC "
             f"{hip['grouped_cv_reference_distance_auc']:.3f}.",
         ]
-    if "in_distribution_uscl_init" in lofo:
-        a, b = lofo["in_distribution"], lofo["in_distribution_uscl_init"]
-        lines += [
-            "",
-            f"USCL pretraining, same short budget: ImageNet start mean {a['families_mean']:.3f} / min "
-            f"{a['families_min']:.3f}, dark {a['dark_region']['dark_haze']:.3f}; ImageNet + USCL start mean "
-            f"{b['families_mean']:.3f} / min {b['families_min']:.3f}, dark {b['dark_region']['dark_haze']:.3f}.",
-        ]
+    uscl = []
+    for seed, by_name in lofo.get("runs_by_seed", {}).items():
+        if "in_distribution_uscl_init" in by_name:
+            a, b = by_name["in_distribution"], by_name["in_distribution_uscl_init"]
+            uscl.append(
+                f"seed {seed}: ImageNet start mean {a['families_mean']:.3f} / min {a['families_min']:.3f}, dark haze "
+                f"{a['dark_region']['dark_haze']:.3f}; ImageNet + USCL start {b['families_mean']:.3f} / "
+                f"{b['families_min']:.3f}, dark haze {b['dark_region']['dark_haze']:.3f}"
+            )
+    if uscl:
+        lines += ["", "USCL pretraining, same short budget: " + "; ".join(uscl) + "."]
     if lofo:
         lines += [
             "",
@@ -300,6 +322,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lofo-units", type=int, default=8, help="units (4 images each) per step of the short runs")
     ap.add_argument("--lofo-part", default="", help="k/n: only train every n-th short run from the k-th, then exit")
     ap.add_argument("--local-prob", type=float, default=0.0, help="the cache's UnitConfig.local_prob (train script)")
+    ap.add_argument(
+        "--extra-families", nargs="*", default=[], help="the cache's UnitConfig.extra_families (train script)"
+    )
+    ap.add_argument(
+        "--lofo-seeds",
+        type=int,
+        nargs="+",
+        default=[1, 2],
+        help="training seeds of the short runs (unit order): each run is made once per seed (one seed is noisy)",
+    )
+    ap.add_argument("--lofo-runs", default="", help="comma-separated short runs to make (default: all)")
     ap.add_argument("--skip-lofo", action="store_true")
     ap.add_argument("--skip-baselines", action="store_true")
     ap.add_argument("--pretrained", default="runs/pretrain/pretrain.safetensors")
@@ -393,8 +426,9 @@ def finish(args, res: dict, work: Path, all_variants, keys: list[str], engine: E
     }
     res["acceptance"] = {
         "bundled_families_min_ge_0.95": res["bundled"]["families_min"] >= 0.95,
+        # the left-out family's accuracy averaged over the short runs' seeds, worst family
         "lofo_left_out_min": min(
-            (v["families"][v["excluded"][0]] for v in res.get("lofo", {}).get("runs", {}).values() if v["excluded"]),
+            (float(np.mean(lofo_cells(res["lofo"], f"without_{f}", f))) for f in FAMILIES if "lofo" in res),
             default=float("nan"),
         ),
         "dark_region_ge_0.95": min(res["bundled"]["dark_region"][d] for d in DARK) >= 0.95,

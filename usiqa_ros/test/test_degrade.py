@@ -11,6 +11,7 @@ from usiqa_ros.core.data.corpus import REAL_US, US_CORPUS, Row, is_permissive, l
 from usiqa_ros.core.data.degrade import (
     ALIASES,
     FAMILIES,
+    TRAINING_ONLY,
     dark_region_mask,
     degrade,
     scan_mask,
@@ -30,7 +31,7 @@ def _frame(seed: int = 0, size: tuple[int, int] = (120, 160)) -> np.ndarray:
     return (tissue * sector).astype(np.float32)
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("family", sorted(FAMILIES) + sorted(TRAINING_ONLY))
 def test_family_contract(family: str) -> None:
     img = _frame()
     out = degrade(img, family, 0.7, np.random.default_rng(1))
@@ -42,7 +43,7 @@ def test_family_contract(family: str) -> None:
     np.testing.assert_array_equal(degrade(img, family, 0.0, np.random.default_rng(1)), img)
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("family", sorted(FAMILIES) + sorted(TRAINING_ONLY))
 def test_more_severity_changes_more(family: str) -> None:
     """Averaged over random draws of the family's mechanism, severity 1 departs further than severity 0.15."""
     img = _frame()
@@ -50,6 +51,19 @@ def test_more_severity_changes_more(family: str) -> None:
     for s in (0.15, 1.0):
         diffs[s] = np.mean([np.abs(degrade(img, family, s, np.random.default_rng(k)) - img).mean() for k in range(8)])
     assert diffs[1.0] > diffs[0.15], diffs
+
+
+def test_regional_changes_part_of_the_sector_only() -> None:
+    """The training-only generic artefact corrupts an irregular part of the sector: never the border outside it,
+    never the whole sector (a global change is what the families already teach)."""
+    img = _frame()
+    sector = scan_mask(img) > 0
+    for k in range(12):
+        out = degrade(img, "regional", 0.8, np.random.default_rng(k))
+        changed = np.abs(out - img) > 1e-3
+        assert not changed[~sector].any()
+        share = changed[sector].mean()
+        assert 0.02 < share < 0.85, (k, share)
 
 
 def test_aliases_unknown_and_bad_input() -> None:

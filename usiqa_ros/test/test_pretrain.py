@@ -154,6 +154,23 @@ def test_short_training_learns_excludes_and_resumes(corpus: Path, tmp_path: Path
     assert any("resumed at step 2" in m for m in msgs)
 
 
+def test_extra_training_only_artefacts_are_drawn_as_one_more_family(corpus: Path) -> None:
+    """UnitConfig.extra_families: the cache names the extra kind after the 13 families, its copies are drawn like
+    theirs, and a leave-one-family-out run can exclude it; an unknown name fails at configuration."""
+    rows = training_rows(load_rows(corpus, "t"))
+    cfg = UnitConfig(input_size=64, extra_families=("regional",))
+    cache = build_cache(
+        _tiny(), load_frames(rows), balanced_picker(rows), 40, FROZEN, seed=0, cfg=cfg, log=lambda m: None
+    )
+    assert cache.families == [*FAMILIES, "regional"]
+    drawn = {cache.families[int(f)] for f in cache.family[cache.role == ROLE_DEGRADED]}
+    assert "regional" in drawn and len(drawn) > 10
+    out = train_top(_tiny(), cache, FROZEN, TopTrainConfig(steps=1, exclude=("regional",)), log=lambda m: None)
+    assert out["units"] == 40
+    with pytest.raises(ValueError, match="unknown training-only"):
+        UnitConfig(extra_families=("shadow",))
+
+
 def test_stop_at_is_the_start_of_the_full_schedule_and_validation_is_recorded(corpus: Path) -> None:
     rows = training_rows(load_rows(corpus, "t"))
     model = _tiny()

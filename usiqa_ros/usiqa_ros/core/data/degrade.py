@@ -29,6 +29,9 @@ Families (what each models):
 - compression: lossy transmission: JPEG blocking, resolution loss and grey-level quantisation.
 - dropped_lines: missing scan lines (dark or stuck columns/rays), single or in clusters.
 
+Training only (`TRAINING_ONLY`, drawn beside the families when `UnitConfig.extra_families` asks, never evaluated as
+a family): regional, an irregular part of the sector attenuated, filled, smeared or coarsened (tried; README).
+
 Depth attenuation, the Gaussian shadow and the near-field haze follow the formulas of `usaugment` (Ostvik et
 al. 2021; Smistad et al. 2018); the rest is written here. `degrade` also accepts the kind names of the first
 version (blur, gain, depth_attenuation, haze_reverberation, speckle_noise, cutoff).
@@ -403,6 +406,39 @@ def dropped_lines(img: np.ndarray, s: float, rng: np.random.Generator) -> np.nda
     return _f32(np.clip(out, 0, 1).astype(np.float32))
 
 
+def regional(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
+    """Training only, never evaluated as a family: an irregular region of the sector (thresholded low-pass noise,
+    15-50 % of it; no named family's geometry) loses information in one generic way: attenuated (dim speckle),
+    filled (grey texture screened over it), smeared (anisotropic blur) or coarsened (block resampling and fewer grey
+    levels). The 13 families each teach one mechanism; this teaches that any part of the image corrupted is worse,
+    for artefact kinds none of them draws (measured by leave-one-family-out, README)."""
+    h, w = img.shape
+    mask = scan_mask(img)
+    scale = rng.uniform(0.04, 0.15) * max(h, w)
+    field = _noise(h, w, scale, scale * rng.uniform(0.5, 2.0), rng)
+    inside = field[mask > 0] if mask.any() else field.ravel()
+    region = (field > np.quantile(inside, 1.0 - rng.uniform(0.15, 0.5))).astype(np.float32)
+    region = _soft(region, rng.uniform(0.005, 0.03) * w) * mask
+    op = rng.choice(["attenuate", "fill", "smear", "coarsen"])
+    changed: np.ndarray
+    if op == "attenuate":
+        changed = img * (1.0 - min(0.95, (0.35 + 0.6 * s) * rng.uniform(0.85, 1.1)))
+    elif op == "fill":
+        grain = rng.uniform(0.003, 0.02) * w
+        texture = np.clip(0.6 + 0.3 * _noise(h, w, grain * rng.uniform(0.5, 2.0), grain, rng), 0, 1.2)
+        changed = _screen(img, (0.15 + 0.6 * s) * rng.uniform(0.85, 1.15) * texture)
+    elif op == "smear":
+        sx, sy = ((0.003 + 0.03 * s) * w * rng.uniform(0.3, 1.2) for _ in range(2))
+        changed = cv2.GaussianBlur(img, (0, 0), sigmaX=sx, sigmaY=sy)
+    else:
+        f = 2.0 + 8.0 * s * rng.uniform(0.7, 1.2)
+        small = cv2.resize(img, (max(4, int(w / f)), max(4, int(h / f))), interpolation=cv2.INTER_AREA)
+        changed = cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST)
+        levels = max(3, int(round(48 * (1 - s) ** 2)) + 3)
+        changed = np.round(changed * (levels - 1)) / (levels - 1)
+    return _f32(np.clip(img + region * (changed - img), 0, 1))
+
+
 def cutoff(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
     """Anatomy cut off (a view problem, not an artefact; kept for the tools of the first version): the content
     shifted towards one side (left, right or deeper), the vacated part black."""
@@ -445,7 +481,14 @@ ALIASES: dict[str, str] = {
     "haze_reverberation": "haze",
     "speckle_noise": "speckle_correlated",
 }
-EXTRA: dict[str, Degradation] = {"cutoff": cutoff, "depth_attenuation": depth_attenuation, "blur": blur}
+# Training-only generic artefacts (`UnitConfig.extra_families`): drawn beside the families, never evaluated as one.
+TRAINING_ONLY: dict[str, Degradation] = {"regional": regional}
+EXTRA: dict[str, Degradation] = {
+    "cutoff": cutoff,
+    "depth_attenuation": depth_attenuation,
+    "blur": blur,
+    **TRAINING_ONLY,
+}
 
 
 def severity_to_score(severity: float) -> float:

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel
 
 from usiqa_ros.core.data.corpus import Row
-from usiqa_ros.core.data.degrade import FAMILIES, degrade
+from usiqa_ros.core.data.degrade import FAMILIES, TRAINING_ONLY, degrade
 from usiqa_ros.core.data.synthetic import load_gray
 from usiqa_ros.core.metrics import pairwise_accuracy
 from usiqa_ros.core.model import USQNet, expected_score
@@ -75,7 +75,16 @@ class UnitConfig:
         "dropped_lines",
     )
 
+    # Training-only artefacts (`core.data.degrade.TRAINING_ONLY`) drawn beside the families, as if they were more of
+    # them; () = the bundled recipe (its cache unchanged).
+    extra_families: tuple[str, ...] = ()
+
     def __post_init__(self) -> None:
+        unknown = set(self.extra_families) - set(TRAINING_ONLY)
+        if unknown:
+            raise ValueError(
+                f"unknown training-only artefact(s) {sorted(unknown)}; choose from {sorted(TRAINING_ONLY)}"
+            )
         self.work_min = self.work_min or round(1.25 * self.input_size)
         self.work_max = self.work_max or round(2.5 * self.input_size)
 
@@ -313,7 +322,7 @@ def build_cache(
 ) -> Cache:
     """Trunk features of n_units units (4 versions each), deterministic in `seed`."""
     cfg = cfg or UnitConfig(input_size=model.config.input_size)
-    families = list(FAMILIES)
+    families = list(FAMILIES) + list(cfg.extra_families)
     model.eval()
     feats, role, fam, sev, unit, frame = [], [], [], [], [], []
     t0 = time.monotonic()
