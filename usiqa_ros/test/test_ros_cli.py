@@ -155,11 +155,19 @@ class Workspace:
             stdin=subprocess.DEVNULL,
         )  # fmt: skip
 
-    def ros2(self, *args: str, expect: str = "", attempts: int = 5, timeout: float = 120.0) -> str:
-        """`ros2 <args>`; retried while the output lacks `expect` (discovery takes a moment after start-up)."""
+    def ros2(self, *args: str, expect: str = "", attempts: int = 5, timeout: float = 60.0) -> str:
+        """`ros2 <args>`; retried while the output lacks `expect` (discovery takes a moment after start-up) and when
+        the call hangs: ros2cli waits for a service response without a timeout (ros2/ros2cli#1159), and each call is
+        a new DDS participant whose response can be lost while discovery is still matching it (CI saw `ros2 param
+        set` hang once for 120 s right after the same call had succeeded). A node that does not answer still fails
+        every attempt."""
         out = ""
         for _ in range(attempts):
-            r = self.run("ros2", *args, timeout=timeout)
+            try:
+                r = self.run("ros2", *args, timeout=timeout)
+            except subprocess.TimeoutExpired as e:
+                out = f"(no answer in {timeout:.0f} s) {e.stdout or ''}{e.stderr or ''}"
+                continue
             out = r.stdout + r.stderr
             if (r.returncode == 0 or expect) and expect in out:
                 return out
