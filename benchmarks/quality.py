@@ -213,7 +213,7 @@ def run_lofo(args, all_variants: list[dict[str, np.ndarray]], keys: list[str], w
     for seed in args.lofo_seeds:
         results[str(seed)] = by_name = {}
         for name, exclude in runs.items():
-            path = work / (f"run_{name}.json" if seed == 1 else f"run_{name}_seed{seed}.json")
+            path = run_path(work, name, seed)
             if path.exists():
                 by_name[name] = json.loads(path.read_text())
                 continue
@@ -244,6 +244,11 @@ def run_lofo(args, all_variants: list[dict[str, np.ndarray]], keys: list[str], w
         "seeds": list(args.lofo_seeds),
         "runs_by_seed": results,
     }
+
+
+def run_path(work: Path, name: str, seed: int) -> Path:
+    """Where short run `name` with training seed `seed` is cached; seed 1 keeps the single-seed name run_<name>.json."""
+    return work / (f"run_{name}.json" if seed == 1 else f"run_{name}_seed{seed}.json")
 
 
 def lofo_cells(lofo: dict, run: str, family: str) -> list[float]:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import RESULTS, write_json
+from benchmarks.quality import run_path
 from usiqa_ros.core.data.degrade import FAMILIES
 
 GATED = ("shadow", "clutter", "compression", "tgc")  # the families that fail left out (the rule's stage 1)
@@ -26,8 +27,8 @@ SEEDS = (1, 2)
 
 
 def run_file(work: Path, name: str, seed: int) -> dict | None:
-    """A short run's result: benchmarks.quality names seed 1 run_<name>.json and other seeds run_<name>_seed<k>.json."""
-    path = work / (f"run_{name}.json" if seed == 1 else f"run_{name}_seed{seed}.json")
+    """A short run's result as benchmarks.quality cached it, or None when that run was not made."""
+    path = run_path(work, name, seed)
     return json.loads(path.read_text()) if path.exists() else None
 
 

@@ -124,7 +124,7 @@ def get_cache(
     name += "".join(f"_plus-{e}" for e in extra_families)
     paths = [work / f"{name}_{i}of{shards}_{per}.safetensors" for i in range(shards)]
     jobs = [
-        (preset, init, size, per, seed * 1000 + i, frozen, str(p), local_prob, tuple(extra_families))
+        (preset, init, size, per, seed * 1000 + i, frozen, str(p), local_prob, extra_families)
         for i, p in enumerate(paths)
         if not p.exists()
     ]
