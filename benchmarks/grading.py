@@ -1,0 +1,184 @@
+"""Does the score grade, not only rank? Severity ladders and combined artefacts on held-out real frames.
+
+    .venv/bin/python -m benchmarks.grading   -> benchmarks/results/grading.json + grading.md
+
+benchmarks.quality asks one question per pair: is the clean frame above its degraded copy? A planner thresholds
+the number and reads the grade, so the score must also fall steadily as an artefact gets worse and land near the
+value it was trained to mean. On the same held-out real frames as benchmarks.quality (groups never trained on):
+
+1. Severity ladder: per frame and family, the clean frame and copies at severities 0.2, 0.4, 0.6, 0.8 and 1.0 made
+   with the same random draws (one artefact pattern, growing stronger). Per family: the mean over frames of the
+   Spearman correlation of score and severity along the ladder (-1 = the score falls at every step), the share
+   of adjacent rungs in the right order, and the mean score per rung against the training target
+   (`core.data.degrade.severity_to_score`: clean 1, severity s -> 0.9 - 0.9 s), with the grade it implies.
+   The classical baselines' Spearman on the same ladders beside it.
+2. Combined artefacts, a kind no family is: two different families at once (each at severity 0.3-0.8, the second
+   applied to the first's output) against each of the two alone. Pairwise accuracy "the frame with both scores
+   below the frame with one", per pair of families drawn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from itertools import pairwise
+
+import numpy as np
+
+from benchmarks.common import RESULTS, write_json
+from usiqa_ros.core.baselines import available_baselines
+from usiqa_ros.core.data.corpus import REAL_US, US_CORPUS, load_rows, quality_split
+from usiqa_ros.core.data.degrade import FAMILIES, degrade, severity_to_score
+from usiqa_ros.core.data.synthetic import load_gray
+from usiqa_ros.core.engine import Engine, EngineConfig
+from usiqa_ros.core.metrics import pairwise_accuracy, srocc
+from usiqa_ros.core.safe_io import atomic_write_text
+
+RUNGS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+OUT_JSON = RESULTS / "grading.json"
+OUT_MD = RESULTS / "grading.md"
+
+
+def ladder(img: np.ndarray, family: str, seed: tuple[int, ...]) -> list[np.ndarray]:
+    """The clean frame and one artefact pattern (the same draws) at each non-zero rung."""
+    return [img] + [degrade(img, family, s, np.random.default_rng(seed)) for s in RUNGS[1:]]
+
+
+def ladder_stats(scores: np.ndarray) -> dict[str, float]:
+    """scores: frames x rungs. Mean Spearman(score, severity) per frame and the share of adjacent rungs ordered
+    (a lower score for the higher severity; a tie counts half, as in pairwise accuracy)."""
+    rho = [srocc(RUNGS, row) for row in scores]
+    rho_ok = [r for r in rho if not np.isnan(r)]
+    steps = [pairwise_accuracy(scores[:, a], scores[:, b]) for a, b in pairwise(range(len(RUNGS)))]
+    return {
+        "spearman_mean": float(np.mean(rho_ok)) if rho_ok else float("nan"),
+        "constant_ladders": len(rho) - len(rho_ok),
+        "adjacent_ordered": float(np.mean(steps)),
+        "adjacent_ordered_per_step": [float(s) for s in steps],
+    }
+
+
+def grade_of(score: float, num_grades: int) -> int:
+    return 1 + round((num_grades - 1) * score)
+
+
+def markdown(res: dict) -> str:
+    names = list(res["baselines"])
+    lines = [
+        f"Severity ladders on {res['n_eval_frames']} held-out real frames (groups never trained on), model "
+        f"{res['model_id']}: mean Spearman(score, severity) per frame over clean + severities "
+        f"{', '.join(str(s) for s in RUNGS[1:])} (-1 = falls at every step), share of adjacent rungs ordered, mean "
+        "score at each rung (training target: clean 1.00, then 0.72, 0.54, 0.36, 0.18, 0.00).",
+        "",
+        "| family | Spearman | adjacent ordered | mean score per rung | " + " | ".join(names) + " |",
+        "|---|---|---|---|" + "---|" * len(names),
+    ]
+    for f, r in res["ladder"].items():
+        per_rung = " / ".join(f"{v:.2f}" for v in r["mean_score_per_rung"])
+        base = " | ".join(f"{res['baselines'][b][f]:.2f}" for b in names)
+        lines.append(f"| {f} | {r['spearman_mean']:.2f} | {r['adjacent_ordered']:.3f} | {per_rung} | {base} |")
+    a = res["ladder_all"]
+    lines += [
+        "",
+        f"All families: Spearman {a['spearman_mean']:.2f}, adjacent rungs ordered {a['adjacent_ordered']:.3f} "
+        f"(per step {' / '.join(f'{v:.3f}' for v in a['adjacent_ordered_per_step'])}); mean |score - target| "
+        f"{a['mae_to_target']:.3f}; grade equal to the target's grade {a['grade_agreement']:.3f}, within one "
+        f"{a['grade_within_one']:.3f}.",
+        "",
+        f"Combined artefacts (two families at once, severity 0.3-0.8 each; {res['combined']['n_pairs']} frames): "
+        f"scored below the first family alone {res['combined']['below_first']:.3f}, below the second alone "
+        f"{res['combined']['below_second']:.3f}, below both {res['combined']['below_both']:.3f}; below both, per "
+        "family taking part: "
+        + ", ".join(
+            f"{f} {v:.2f} (n = {res['combined']['n_per_family'][f]})"
+            for f, v in res["combined"]["below_both_per_family"].items()
+        )
+        + ".",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="", help="checkpoint (default: the bundled model)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out-json", default=str(OUT_JSON))
+    ap.add_argument("--out-md", default=str(OUT_MD))
+    args = ap.parse_args(argv)
+    t0 = time.monotonic()
+    engine = Engine(EngineConfig(model_path=args.model, backend="eager", num_threads=args.threads))
+    grades = engine.checkpoint.model.config.num_grades
+    _, evaluation = quality_split(load_rows(US_CORPUS, "us_corpus"), load_rows(REAL_US, "real_us"))
+    # The confidence map takes 0.4 s a frame (2 h for the ladders); BRISQUE is optional. The fast ones stay.
+    baselines = {k: v for k, v in available_baselines().items() if k not in ("confidence", "brisque")}
+    fams = list(FAMILIES)
+    model = np.zeros((len(fams), len(evaluation), len(RUNGS)))
+    base = {b: np.zeros_like(model) for b in baselines}
+    combo: dict[str, list[float]] = {"both": [], "first": [], "second": []}
+    combo_pair: list[tuple[str, str]] = []
+    for i, row in enumerate(evaluation):
+        img = load_gray(row.path)
+        ladders = [ladder(img, f, (args.seed, i, k)) for k, f in enumerate(fams)]
+        for k, rungs in enumerate(ladders):
+            for b, fn in baselines.items():
+                base[b][k, i] = [fn(x) for x in rungs]
+        flat_scores = [s.score for s in engine.score([x for rungs in ladders for x in rungs])]
+        model[:, i] = np.reshape(flat_scores, (len(fams), len(RUNGS)))
+        rng = np.random.default_rng((args.seed, i, len(fams)))
+        first, second = rng.choice(len(fams), 2, replace=False)
+        s1, s2 = rng.uniform(0.3, 0.8, 2)
+        one = degrade(img, fams[first], float(s1), np.random.default_rng((args.seed, i, 100)))
+        two = degrade(img, fams[second], float(s2), np.random.default_rng((args.seed, i, 101)))
+        both = degrade(one, fams[second], float(s2), np.random.default_rng((args.seed, i, 101)))
+        sc = [s.score for s in engine.score([one, two, both])]
+        combo["first"].append(sc[0])
+        combo["second"].append(sc[1])
+        combo["both"].append(sc[2])
+        combo_pair.append((fams[first], fams[second]))
+        if i % 20 == 0:
+            print(f"{i + 1}/{len(evaluation)} frames, {time.monotonic() - t0:.0f} s", flush=True)
+    target = np.array([severity_to_score(s) for s in RUNGS])
+    res: dict = {
+        "command": "python -m benchmarks.grading " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "model_id": engine.model_id,
+        "n_eval_frames": len(evaluation),
+        "rungs": list(RUNGS),
+        "target_per_rung": target.tolist(),
+        "ladder": {},
+        "baselines": {b: {} for b in baselines},
+    }
+    for k, f in enumerate(fams):
+        res["ladder"][f] = ladder_stats(model[k]) | {"mean_score_per_rung": model[k].mean(0).tolist()}
+        for b in baselines:
+            res["baselines"][b][f] = ladder_stats(base[b][k])["spearman_mean"]
+    flat = model.reshape(-1, len(RUNGS))
+    target_grades = np.array([grade_of(t, grades) for t in target])
+    model_grades = np.vectorize(lambda s: grade_of(s, grades))(flat)
+    res["ladder_all"] = ladder_stats(flat) | {
+        "mae_to_target": float(np.mean(np.abs(flat - target))),
+        "grade_agreement": float(np.mean(model_grades == target_grades)),
+        "grade_within_one": float(np.mean(np.abs(model_grades - target_grades) <= 1)),
+        "mean_score_per_rung": flat.mean(0).tolist(),
+    }
+    both, first, second = (np.array(combo[k]) for k in ("both", "first", "second"))
+    below_both = (both < first) & (both < second)
+    per_family = {f: [bool(ok) for p, ok in zip(combo_pair, below_both, strict=True) if f in p] for f in fams}
+    res["combined"] = {
+        "n_pairs": len(both),
+        "below_first": pairwise_accuracy(first, both),
+        "below_second": pairwise_accuracy(second, both),
+        "below_both": float(below_both.mean()),
+        "below_both_per_family": {f: float(np.mean(v)) for f, v in per_family.items() if v},
+        "n_per_family": {f: len(v) for f, v in per_family.items()},
+    }
+    res["seconds"] = round(time.monotonic() - t0)
+    write_json(args.out_json, res)
+    atomic_write_text(args.out_md, markdown(res))
+    print(markdown(res))
+
+
+if __name__ == "__main__":
+    main()
