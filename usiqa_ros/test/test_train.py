@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from usiqa_ros.core.checkpoint import load_checkpoint, save_checkpoint
+from usiqa_ros.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from usiqa_ros.core.data.degrade import degrade
 from usiqa_ros.core.model import USQNet, USQNetConfig
 from usiqa_ros.core.preprocess import PreprocessConfig, preprocess_frame, to_batch
@@ -170,6 +170,23 @@ def test_ddp_two_gloo_ranks_identical_weights(tiny_data: Path, tmp_path: Path) -
     assert not torch.equal(w0["head.3.weight"], init["head.3.weight"])  # a step was really taken
     m = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert m["world_size"] == 2
+
+
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_a_bare_pickle_is_refused_but_garbage_beginning_with_0x80_is_corrupt(tmp_path: Path, protocol: int) -> None:
+    """A pickle begins with PROTO (0x80) and its protocol number; any file may begin with 0x80 alone."""
+    legacy = tmp_path / "legacy.safetensors"
+    torch.save(
+        {"state_dict": {}, "metadata": "{}"}, legacy, _use_new_zipfile_serialization=False, pickle_protocol=protocol
+    )
+    assert legacy.read_bytes()[:2] == bytes([0x80, protocol])
+    with pytest.raises(CheckpointError, match="is a pickle"):
+        load_checkpoint(legacy)
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x80\x00" + bytes(range(256)) * 8)
+    with pytest.raises(CheckpointError, match="truncated or corrupt") as err:
+        load_checkpoint(garbage)
+    assert "is a pickle" not in str(err.value)
 
 
 def test_safetensors_header_length_with_low_byte_0x80_is_not_a_pickle(tmp_path: Path) -> None:
