@@ -103,7 +103,7 @@ def _sniff_pickle(path: Path) -> bool:
         return False
     # torch.save's zip archive, or a bare pickle: the PROTO opcode 0x80 and a protocol number 2-5 (one random
     # file in 256 starts with 0x80; requiring the protocol byte keeps garbage "corrupt", not "a pickle")
-    return head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"))
+    return head.startswith(b"PK\x03\x04") or head[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
