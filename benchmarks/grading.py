@@ -10,11 +10,12 @@ value it was trained to mean. On the same held-out real frames as benchmarks.qua
    with the same random draws (one artefact pattern, growing stronger). Per family: the mean over frames of the
    Spearman correlation of score and severity along the ladder (-1 = the score falls at every step), the share
    of adjacent rungs in the right order, and the mean score per rung against the training target
-   (`core.data.degrade.severity_to_score`: clean 1, severity s -> 0.9 - 0.9 s), with the grade it implies.
+   (`core.data.degrade.severity_to_score`: clean 1, severity s -> 0.9 - 0.9 s); the grade the engine publishes
+   (`FrameScore.grade`, the most probable grade) against the target's grade (1 + round(4 x target), degrade.py).
    The classical baselines' Spearman on the same ladders beside it.
 2. Combined artefacts, a kind no family is: two different families at once (each at severity 0.3-0.8, the second
    applied to the first's output) against each of the two alone. Pairwise accuracy "the frame with both scores
-   below the frame with one", per pair of families drawn.
+   below the frame with one", overall and per family taking part.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ def ladder_stats(scores: np.ndarray) -> dict[str, float]:
 
 
 def grade_of(score: float, num_grades: int) -> int:
+    """The grade a score stands for (core.data.degrade: grade = 1 + round((G - 1) x score))."""
     return 1 + round((num_grades - 1) * score)
 
 
@@ -69,7 +71,7 @@ def markdown(res: dict) -> str:
         f"Severity ladders on {res['n_eval_frames']} held-out real frames (groups never trained on), model "
         f"{res['model_id']}: mean Spearman(score, severity) per frame over clean + severities "
         f"{', '.join(str(s) for s in RUNGS[1:])} (-1 = falls at every step), share of adjacent rungs ordered, mean "
-        "score at each rung (training target: clean 1.00, then 0.72, 0.54, 0.36, 0.18, 0.00).",
+        f"score at each rung (training target {' / '.join(f'{t:.2f}' for t in res['target_per_rung'])}).",
         "",
         "| family | Spearman | adjacent ordered | mean score per rung | " + " | ".join(names) + " |",
         "|---|---|---|---|" + "---|" * len(names),
@@ -83,7 +85,7 @@ def markdown(res: dict) -> str:
         "",
         f"All families: Spearman {a['spearman_mean']:.2f}, adjacent rungs ordered {a['adjacent_ordered']:.3f} "
         f"(per step {' / '.join(f'{v:.3f}' for v in a['adjacent_ordered_per_step'])}); mean |score - target| "
-        f"{a['mae_to_target']:.3f}; grade equal to the target's grade {a['grade_agreement']:.3f}, within one "
+        f"{a['mae_to_target']:.3f}; published grade equal to the target's grade {a['grade_agreement']:.3f}, within one "
         f"{a['grade_within_one']:.3f}.",
         "",
         f"Combined artefacts (two families at once, severity 0.3-0.8 each; {res['combined']['n_pairs']} frames): "
@@ -116,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     baselines = {k: v for k, v in available_baselines().items() if k not in ("confidence", "brisque")}
     fams = list(FAMILIES)
     model = np.zeros((len(fams), len(evaluation), len(RUNGS)))
+    published = np.zeros(model.shape, dtype=int)  # FrameScore.grade, what the node publishes
     base = {b: np.zeros_like(model) for b in baselines}
     combo: dict[str, list[float]] = {"both": [], "first": [], "second": []}
     combo_pair: list[tuple[str, str]] = []
@@ -125,8 +128,9 @@ def main(argv: list[str] | None = None) -> None:
         for k, rungs in enumerate(ladders):
             for b, fn in baselines.items():
                 base[b][k, i] = [fn(x) for x in rungs]
-        flat_scores = [s.score for s in engine.score([x for rungs in ladders for x in rungs])]
-        model[:, i] = np.reshape(flat_scores, (len(fams), len(RUNGS)))
+        scored = engine.score([x for rungs in ladders for x in rungs])
+        model[:, i] = np.reshape([s.score for s in scored], (len(fams), len(RUNGS)))
+        published[:, i] = np.reshape([s.grade for s in scored], (len(fams), len(RUNGS)))
         rng = np.random.default_rng((args.seed, i, len(fams)))
         first, second = rng.choice(len(fams), 2, replace=False)
         s1, s2 = rng.uniform(0.3, 0.8, 2)
@@ -156,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
             res["baselines"][b][f] = ladder_stats(base[b][k])["spearman_mean"]
     flat = model.reshape(-1, len(RUNGS))
     target_grades = np.array([grade_of(t, grades) for t in target])
-    model_grades = np.vectorize(lambda s: grade_of(s, grades))(flat)
+    model_grades = published.reshape(-1, len(RUNGS))
     res["ladder_all"] = ladder_stats(flat) | {
         "mae_to_target": float(np.mean(np.abs(flat - target))),
         "grade_agreement": float(np.mean(model_grades == target_grades)),
