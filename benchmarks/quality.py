@@ -187,6 +187,7 @@ def run_lofo(args, all_variants: list[dict[str, np.ndarray]], keys: list[str], w
         size=SHORT_RUN_SIZE,
         local_prob=args.local_prob,
         extra_families=tuple(args.extra_families),
+        combined_prob=args.combined_prob,
     )
     base, start = start_model("usqnet_lite", "", size=SHORT_RUN_SIZE)
     flat = [(i, k) for i, v in enumerate(eval_inputs) for k in keys if k in v]
@@ -337,6 +338,7 @@ def main(argv: list[str] | None = None) -> None:
         default=[1, 2],
         help="training seeds of the short runs (unit order): each run is made once per seed (one seed is noisy)",
     )
+    ap.add_argument("--combined-prob", type=float, default=0.0, help="the cache's UnitConfig.combined_prob")
     ap.add_argument("--lofo-runs", default="", help="comma-separated short runs to make (default: all)")
     ap.add_argument("--skip-lofo", action="store_true")
     ap.add_argument("--skip-baselines", action="store_true")

@@ -80,11 +80,13 @@ def start_model(preset: str, init: str, view_blocks: int = 0, size: int = 0, see
         return build_model(config), f"random initialisation ({e})"
 
 
-def _shard(args: tuple[str, str, int, int, int, int, str, float, tuple[str, ...]]) -> str:
-    preset, init, size, n_units, seed, frozen, path, local_prob, extra = args
+def _shard(args: tuple[str, str, int, int, int, int, str, float, tuple[str, ...], float]) -> str:
+    preset, init, size, n_units, seed, frozen, path, local_prob, extra, combined_prob = args
     torch.set_num_threads(1)
     model, _ = start_model(preset, init, size=size)
-    unit_cfg = UnitConfig(input_size=model.config.input_size, local_prob=local_prob, extra_families=extra)
+    unit_cfg = UnitConfig(
+        input_size=model.config.input_size, local_prob=local_prob, extra_families=extra, combined_prob=combined_prob
+    )
     corpus, real = load_rows(US_CORPUS, "us_corpus"), load_rows(REAL_US, "real_us")
     train_rows, _ = quality_split(corpus, real)
     frames = load_frames(train_rows, max_side=max(400, unit_cfg.work_max))
@@ -114,17 +116,18 @@ def get_cache(
     size: int = 0,
     local_prob: float = 0.0,
     extra_families: tuple[str, ...] = (),
+    combined_prob: float = 0.0,
 ) -> Cache:
     """Cache shards in `work` (built in parallel processes when missing), concatenated; `size` 0 = the preset's;
-    `local_prob`, `extra_families`: UnitConfig's (part of the shards' names when set)."""
+    `local_prob`, `extra_families`, `combined_prob`: UnitConfig's (part of the shards' names when set)."""
     work.mkdir(parents=True, exist_ok=True)
     per = units // shards
     size = size or PRESETS[preset]().input_size
     name = f"cache_{preset}_{size}px_f{frozen}_s{seed}" + (f"_local{local_prob:g}" if local_prob else "")
-    name += "".join(f"_plus-{e}" for e in extra_families)
+    name += "".join(f"_plus-{e}" for e in extra_families) + (f"_combined{combined_prob:g}" if combined_prob else "")
     paths = [work / f"{name}_{i}of{shards}_{per}.safetensors" for i in range(shards)]
     jobs = [
-        (preset, init, size, per, seed * 1000 + i, frozen, str(p), local_prob, extra_families)
+        (preset, init, size, per, seed * 1000 + i, frozen, str(p), local_prob, extra_families, combined_prob)
         for i, p in enumerate(paths)
         if not p.exists()
     ]
@@ -268,6 +271,12 @@ def main() -> None:
         default=[],
         help="training-only generic artefacts drawn beside the 13 families (UnitConfig.extra_families: regional)",
     )
+    ap.add_argument(
+        "--combined-prob",
+        type=float,
+        default=0.0,
+        help="share of units with a fifth copy carrying both of their artefacts (UnitConfig.combined_prob)",
+    )
     ap.add_argument("--val-every", type=int, default=100, help="validation interval of those runs (steps)")
     ap.add_argument(
         "--select-only", default="", help="only make the validation run without this source, then exit (parallel)"
@@ -295,6 +304,7 @@ def main() -> None:
         args.train_size,
         args.local_prob,
         tuple(args.extra_families),
+        args.combined_prob,
     )
     t_cache = time.monotonic() - t0
     log(f"cache: {len(cache.role)} images ({args.units} units) in {t_cache:.0f} s")
@@ -348,6 +358,7 @@ def main() -> None:
         },
         "units": args.units,
         "extra_families": list(args.extra_families),  # training-only artefacts beside the 13 families
+        "combined_prob": args.combined_prob,  # share of units with a copy carrying two artefacts at once
         "cache_seconds": round(t_cache),
         "train_seconds": summary["seconds"],
         "top_config": summary["config"],

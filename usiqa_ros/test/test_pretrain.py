@@ -20,6 +20,7 @@ from usiqa_ros.core.model.usqnet import usqnet_lite_config
 from usiqa_ros.core.train.cli import main as train_main
 from usiqa_ros.core.train.families import (
     ROLE_CLEAN,
+    ROLE_COMBINED,
     ROLE_DEGRADED,
     ROLE_VIEW,
     TopTrainConfig,
@@ -27,6 +28,7 @@ from usiqa_ros.core.train.families import (
     balanced_picker,
     best_step,
     build_cache,
+    combined_severity,
     load_frames,
     make_unit,
     quality_losses,
@@ -101,6 +103,50 @@ def test_local_copies_keep_the_rest_of_the_frame_and_are_milder(corpus: Path) ->
     assert [u[3] for u in gain] == [
         u[3] for u in make_unit(frames[0], cfg, np.random.default_rng(3), ["gain_low", "gain_high"])
     ]
+
+
+def test_combined_copy_adds_the_second_artefact_to_the_first_and_changes_nothing_else(corpus: Path) -> None:
+    """UnitConfig.combined_prob: the first four versions are those of the recipe without it (same draws); the fifth
+    is D1 with D2's artefact, drawn as D2 drew it (so on a clean frame it would be D2), at the combined severity."""
+    frames = load_frames(training_rows(load_rows(corpus, "t")))
+    fams = ["noise_uncorrelated", "shadow"]
+    cfg = UnitConfig(input_size=64, min_severity=0.5)
+    plain = make_unit(frames[0], cfg, np.random.default_rng(5), fams)
+    both = make_unit(frames[0], replace(cfg, combined_prob=1.0), np.random.default_rng(5), fams)
+    assert len(plain) == 4 and [u[1] for u in both] == [*(u[1] for u in plain), ROLE_COMBINED]
+    assert all(np.array_equal(a[0], b[0]) and a[2:] == b[2:] for a, b in zip(plain, both, strict=False))
+    (_, _, f1, s1, _), (_, _, f2, s2, _) = both[2], both[3]
+    x12, _, g1, s12, g2 = both[4]
+    assert (g1, g2) == (f1, f2) and s12 == pytest.approx(combined_severity(s1, s2)) and s12 > max(s1, s2)
+    # the second artefact's own pixels: where D2 differs from the clean copy, D12 differs from D1 there too
+    d2_changed = np.abs(both[3][0] - both[0][0]) > 0.05
+    d12_changed = np.abs(x12 - both[2][0]) > 0.05
+    assert d2_changed.any() and (d12_changed & d2_changed).sum() > 0.5 * d2_changed.sum()
+
+
+def test_combined_copy_ranks_below_each_single_copy() -> None:
+    role = torch.tensor([ROLE_CLEAN, ROLE_DEGRADED, ROLE_DEGRADED, ROLE_COMBINED])
+    sev, unit = torch.tensor([0.0, 0.5, 0.5, 0.75]), torch.tensor([0, 0, 0, 0])
+    mid, low = [0.0, 0, 9, 0, 0], [9.0, 0, 0, 0, 0]
+    top = [0.0, 0, 0, 0, 9]
+    ordered = quality_losses(torch.tensor([top, mid, mid, low]), role, sev, unit, TopTrainConfig())
+    swapped = quality_losses(torch.tensor([top, low, mid, mid]), role, sev, unit, TopTrainConfig())
+    assert ordered["rank"] < 1e-3 < swapped["rank"]  # D12 above D1 is penalised like a copy above its clean frame
+
+
+def test_a_combined_copy_goes_with_either_of_its_families(corpus: Path) -> None:
+    rows = training_rows(load_rows(corpus, "t"))
+    cfg = UnitConfig(input_size=64, combined_prob=1.0)
+    cache = build_cache(_tiny(), load_frames(rows), balanced_picker(rows), 12, FROZEN, seed=0, cfg=cfg, log=print)
+    assert cache.family2 is not None and len(cache.role) == 60
+    comb = cache.role == ROLE_COMBINED
+    assert int(comb.sum()) == 12 and bool((cache.family2[~comb] == -1).all())
+    second = cache.families[int(cache.family2[comb][0])]
+    kept = cache.subset(cache.without_family(second))
+    assert not bool(
+        ((kept.family == cache.families.index(second)) | (kept.family2 == cache.families.index(second))).any()
+    )
+    assert int((kept.role == ROLE_COMBINED).sum()) < 12
 
 
 def test_trunk_then_top_equals_the_model() -> None:

@@ -2,9 +2,12 @@
 
 A *unit* is one real frame (randomly augmented) in four versions: clean A, a quality-preserving change A'
 (horizontal flip, +-10 % brightness or a few-pixel shift), and two degraded copies D1, D2 of two different
-artefact families (`core.data.degrade.FAMILIES`) at random severities. Losses on the score s = expected grade:
+artefact families (`core.data.degrade.FAMILIES`) at random severities; optionally (`UnitConfig.combined_prob`) a
+fifth, D12: D1 with D2's artefact added (the same draw), since real frames often carry two artefacts at once.
+Losses on the score s = expected grade:
 - grade: soft cross-entropy to the grade of `severity_to_score` (clean = 1) for every version;
-- ranking: s(A) > s(D) + margin(severity) (clean copy above its degraded copy, the same frame);
+- ranking: s(A) > s(D) + margin(severity) (clean copy above its degraded copy, the same frame); D12 below A, D1
+  and D2, each by the margin of the severity it adds;
 - consistency: (s(A) - s(A'))^2.
 
 CPU budget. The backbone's early blocks are frozen at their ImageNet (or pretrained) weights, so their
@@ -20,6 +23,7 @@ leaves one source out at a time, `Cache.frame` says whose frame a unit is), `bes
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -41,7 +45,12 @@ from usiqa_ros.core.metrics import pairwise_accuracy
 from usiqa_ros.core.model import USQNet, expected_score
 from usiqa_ros.core.preprocess import PreprocessConfig, preprocess_frame
 
-ROLE_CLEAN, ROLE_VIEW, ROLE_DEGRADED = 0, 1, 2
+ROLE_CLEAN, ROLE_VIEW, ROLE_DEGRADED, ROLE_COMBINED = 0, 1, 2, 3
+
+
+def combined_severity(first: float, second: float) -> float:
+    """Severity of two artefacts on one frame: the quality that survives both, 1 - s = (1 - s1)(1 - s2)."""
+    return 1.0 - (1.0 - first) * (1.0 - second)
 
 
 @dataclass
@@ -78,6 +87,11 @@ class UnitConfig:
     # Training-only artefacts (`core.data.degrade.TRAINING_ONLY`) drawn beside the families, as if they were more of
     # them; () = the bundled recipe (its cache unchanged).
     extra_families: tuple[str, ...] = ()
+
+    # Probability that a unit gets a fifth version D12 (D1's image with D2's artefact added, D2's own random draw,
+    # `combined_severity`), ranked below A, D1 and D2. 0 = the bundled recipe (no extra random draw: the first four
+    # versions of every unit are the same with or without it, so the two recipes differ only in D12).
+    combined_prob: float = 0.0
 
     def __post_init__(self) -> None:
         unknown = set(self.extra_families) - set(TRAINING_ONLY)
@@ -162,16 +176,19 @@ def shift(img: np.ndarray, dx: int, dy: int) -> np.ndarray:
 
 def make_unit(
     frame: np.ndarray, cfg: UnitConfig, rng: np.random.Generator, families: Sequence[str]
-) -> list[tuple[np.ndarray, int, int, float]]:
-    """[(1 x S x S input, role, family index or -1, severity)] for A, A', D1, D2."""
+) -> list[tuple[np.ndarray, int, int, float, int]]:
+    """[(1 x S x S input, role, family index or -1, severity, second family index or -1)] for A, A', D1, D2 and,
+    with `cfg.combined_prob`, D12 (family = D1's, second family = D2's)."""
     pre = PreprocessConfig(input_size=cfg.input_size)
     base = base_view(frame.astype(np.float32) / 255.0, cfg, rng)
     out = [
-        (preprocess_frame(base, pre), ROLE_CLEAN, -1, 0.0),
-        (preprocess_frame(preserving_view(base, cfg, rng), pre), ROLE_VIEW, -1, 0.0),
+        (preprocess_frame(base, pre), ROLE_CLEAN, -1, 0.0, -1),
+        (preprocess_frame(preserving_view(base, cfg, rng), pre), ROLE_VIEW, -1, 0.0, -1),
     ]
+    degraded: list[tuple[np.ndarray, int, float, np.random.Generator]] = []
     for fi in rng.choice(len(families), size=2, replace=False):
         sev = float(rng.uniform(cfg.min_severity, 1.0))
+        draw = copy.deepcopy(rng) if cfg.combined_prob else rng  # D12 repeats this copy's random draw
         img = degrade(base, families[int(fi)], sev, rng)
         if cfg.local_prob and families[int(fi)] in cfg.local_families and rng.random() < cfg.local_prob:
             mask = local_mask(base.shape, rng)
@@ -180,7 +197,12 @@ def make_unit(
             if kept >= cfg.local_min_kept:
                 img = base + mask * (img - base)
                 sev *= math.sqrt(kept)
-        out.append((preprocess_frame(img, pre), ROLE_DEGRADED, int(fi), sev))
+        out.append((preprocess_frame(img, pre), ROLE_DEGRADED, int(fi), sev, -1))
+        degraded.append((img, int(fi), sev, draw))
+    if cfg.combined_prob and rng.random() < cfg.combined_prob:
+        (first, f1, s1, _), (_, f2, s2, draw2) = degraded
+        both = degrade(np.clip(first, 0, 1).astype(np.float32), families[f2], s2, draw2)
+        out.append((preprocess_frame(both, pre), ROLE_COMBINED, f1, combined_severity(s1, s2), f2))
     return out
 
 
@@ -261,11 +283,16 @@ class Cache:
     unit: torch.Tensor  # N
     families: list[str]
     frame: torch.Tensor | None = None  # N: index of the unit's frame in the rows the cache was built from
+    family2: torch.Tensor | None = None  # N: a combined copy's second family (-1 otherwise); None: no combined copy
+
+    OPTIONAL = ("frame", "family2")
 
     def save(self, path: Path) -> None:
         from safetensors.torch import save_file
 
-        names = ("feats", "role", "family", "severity", "unit") + (("frame",) if self.frame is not None else ())
+        names = ("feats", "role", "family", "severity", "unit") + tuple(
+            k for k in self.OPTIONAL if getattr(self, k) is not None
+        )
         t = {k: getattr(self, k).contiguous() for k in names}
         save_file(t, str(path), metadata={"families": json.dumps(self.families)})
 
@@ -284,7 +311,11 @@ class Cache:
         for p in parts:
             units.append(p.unit + off)
             off += int(p.unit.max()) + 1 if len(p.unit) else 0
-        frames = [p.frame for p in parts]
+
+        def optional(name: str) -> torch.Tensor | None:
+            got = [getattr(p, name) for p in parts]
+            return None if any(g is None for g in got) else torch.cat(got)
+
         return cls(
             torch.cat([p.feats for p in parts]),
             torch.cat([p.role for p in parts]),
@@ -292,7 +323,8 @@ class Cache:
             torch.cat([p.severity for p in parts]),
             torch.cat(units),
             parts[0].families,
-            None if any(f is None for f in frames) else torch.cat([f for f in frames if f is not None]),
+            optional("frame"),
+            optional("family2"),
         )
 
     def subset(self, keep: torch.Tensor) -> Cache:
@@ -305,7 +337,16 @@ class Cache:
             self.unit[keep],
             self.families,
             None if self.frame is None else self.frame[keep],
+            None if self.family2 is None else self.family2[keep],
         )
+
+    def without_family(self, name: str) -> torch.Tensor:
+        """Mask of the images that do not show family `name` (a combined copy shows two)."""
+        if name not in self.families:
+            raise ValueError(f"unknown family {name!r}")
+        i = self.families.index(name)
+        keep = self.family != i
+        return keep if self.family2 is None else keep & (self.family2 != i)
 
 
 @torch.inference_mode()
@@ -324,17 +365,18 @@ def build_cache(
     cfg = cfg or UnitConfig(input_size=model.config.input_size)
     families = list(FAMILIES) + list(cfg.extra_families)
     model.eval()
-    feats, role, fam, sev, unit, frame = [], [], [], [], [], []
+    feats, role, fam, sev, unit, frame, fam2 = [], [], [], [], [], [], []
     t0 = time.monotonic()
     for start in range(0, n_units, batch_units):
         xs = []
         for u in range(start, min(n_units, start + batch_units)):
             rng = np.random.default_rng((seed, u))
             picked = pick(rng)
-            for x, r, fi, s in make_unit(frames[picked], cfg, rng, families):
+            for x, r, fi, s, f2 in make_unit(frames[picked], cfg, rng, families):
                 xs.append(torch.from_numpy(x))
                 role.append(r)
                 fam.append(fi)
+                fam2.append(f2)
                 sev.append(s)
                 unit.append(u)
                 frame.append(picked)
@@ -350,6 +392,7 @@ def build_cache(
         torch.tensor(unit, dtype=torch.int32),
         families,
         torch.tensor(frame, dtype=torch.int32),
+        torch.tensor(fam2, dtype=torch.int8) if cfg.combined_prob else None,
     )
 
 
@@ -390,20 +433,27 @@ def quality_losses(
     """Grade, ranking and consistency losses over a batch of whole units (see module docstring)."""
     g = logits.shape[-1]
     _, score = expected_score(logits)
-    target = torch.where(role == ROLE_DEGRADED, 1.0 - (0.1 + 0.9 * severity.clamp(0, 1)), torch.ones_like(severity))
+    worse = (role == ROLE_DEGRADED) | (role == ROLE_COMBINED)
+    target = torch.where(worse, 1.0 - (0.1 + 0.9 * severity.clamp(0, 1)), torch.ones_like(severity))
     grade = -(soft_grade_targets(target, g) * F.log_softmax(logits.float(), -1)).sum(-1).mean()
-    clean_of = {int(u): i for i, (u, r) in enumerate(zip(unit.tolist(), role.tolist(), strict=True)) if r == ROLE_CLEAN}
-    view_of = {int(u): i for i, (u, r) in enumerate(zip(unit.tolist(), role.tolist(), strict=True)) if r == ROLE_VIEW}
-    deg = [i for i, r in enumerate(role.tolist()) if r == ROLE_DEGRADED and int(unit[i]) in clean_of]
+    members: dict[int, dict[int, list[int]]] = {}
+    for i, (u, r) in enumerate(zip(unit.tolist(), role.tolist(), strict=True)):
+        members.setdefault(int(u), {}).setdefault(int(r), []).append(i)
+    # (better, worse) pairs of one unit; the margin grows with the severity the worse image adds
+    pairs_rank: list[tuple[int, int]] = []
+    for m in members.values():
+        for a in m.get(ROLE_CLEAN, []):
+            pairs_rank += [(a, d) for d in m.get(ROLE_DEGRADED, []) + m.get(ROLE_COMBINED, [])]
+        pairs_rank += [(d, c) for d in m.get(ROLE_DEGRADED, []) for c in m.get(ROLE_COMBINED, [])]
     zero = score.new_zeros(())
     rank = zero
-    if deg:
-        di = torch.tensor(deg)
-        ci = torch.tensor([clean_of[int(unit[i])] for i in deg])
-        margin = cfg.margin + cfg.margin_per_severity * severity[di]
-        rank = F.relu(margin - (score[ci] - score[di])).mean()
+    if pairs_rank:
+        bi, wi = torch.tensor(pairs_rank).T
+        better_sev = torch.where(role[bi] == ROLE_CLEAN, torch.zeros_like(severity[bi]), severity[bi])
+        margin = cfg.margin + cfg.margin_per_severity * (severity[wi] - better_sev)
+        rank = F.relu(margin - (score[bi] - score[wi])).mean()
     cons = zero
-    pairs = [(clean_of[u], v) for u, v in view_of.items() if u in clean_of]
+    pairs = [(m[ROLE_CLEAN][0], v) for m in members.values() if ROLE_CLEAN in m for v in m.get(ROLE_VIEW, [])]
     if pairs:
         a, b = torch.tensor(pairs).T
         cons = ((score[a] - score[b]) ** 2).mean()
@@ -463,9 +513,7 @@ def train_top(
     torch.manual_seed(cfg.seed)
     keep = torch.ones(len(cache.role), dtype=torch.bool)
     for name in cfg.exclude:
-        if name not in cache.families:
-            raise ValueError(f"unknown family {name!r}")
-        keep &= cache.family != cache.families.index(name)
+        keep &= cache.without_family(name)
     idx_of_unit: dict[int, list[int]] = {}
     for i in torch.nonzero(keep).flatten().tolist():
         idx_of_unit.setdefault(int(cache.unit[i]), []).append(i)
