@@ -67,28 +67,35 @@ def grade_of(score: float, num_grades: int) -> int:
 
 def markdown(res: dict) -> str:
     names = list(res["baselines"])
-    lines = [
-        f"Severity ladders on {res['n_eval_frames']} held-out real frames (groups never trained on), model "
-        f"{res['model_id']}: mean Spearman(score, severity) per frame over clean + severities "
-        f"{', '.join(str(s) for s in RUNGS[1:])} (-1 = falls at every step), share of adjacent rungs ordered, mean "
-        f"score at each rung (training target {' / '.join(f'{t:.2f}' for t in res['target_per_rung'])}).",
-        "",
-        "| family | Spearman | adjacent ordered | mean score per rung | " + " | ".join(names) + " |",
-        "|---|---|---|---|" + "---|" * len(names),
-    ]
+    lines = (
+        []
+        if not res["ladder"]
+        else [
+            f"Severity ladders on {res['n_eval_frames']} held-out real frames (groups never trained on), model "
+            f"{res['model_id']}: mean Spearman(score, severity) per frame over clean + severities "
+            f"{', '.join(str(s) for s in RUNGS[1:])} (-1 = falls at every step), share of adjacent rungs ordered, mean "
+            f"score at each rung (training target {' / '.join(f'{t:.2f}' for t in res['target_per_rung'])}).",
+            "",
+            "| " + " | ".join(["family", "Spearman", "adjacent ordered", "mean score per rung", *names]) + " |",
+            "|---|---|---|---|" + "---|" * len(names),
+        ]
+    )
     for f, r in res["ladder"].items():
         per_rung = " / ".join(f"{v:.2f}" for v in r["mean_score_per_rung"])
-        base = " | ".join(f"{res['baselines'][b][f]:.2f}" for b in names)
-        lines.append(f"| {f} | {r['spearman_mean']:.2f} | {r['adjacent_ordered']:.3f} | {per_rung} | {base} |")
-    a = res["ladder_all"]
+        cells = [f, f"{r['spearman_mean']:.2f}", f"{r['adjacent_ordered']:.3f}", per_rung]
+        lines.append("| " + " | ".join(cells + [f"{res['baselines'][b][f]:.2f}" for b in names]) + " |")
+    if "ladder_all" in res:
+        a = res["ladder_all"]
+        lines += [
+            "",
+            f"All families: Spearman {a['spearman_mean']:.2f}, adjacent rungs ordered {a['adjacent_ordered']:.3f} "
+            f"(per step {' / '.join(f'{v:.3f}' for v in a['adjacent_ordered_per_step'])}); mean |score - target| "
+            f"{a['mae_to_target']:.3f}; published grade equal to the target's grade {a['grade_agreement']:.3f}, "
+            f"within one {a['grade_within_one']:.3f}.",
+        ]
     lines += [
         "",
-        f"All families: Spearman {a['spearman_mean']:.2f}, adjacent rungs ordered {a['adjacent_ordered']:.3f} "
-        f"(per step {' / '.join(f'{v:.3f}' for v in a['adjacent_ordered_per_step'])}); mean |score - target| "
-        f"{a['mae_to_target']:.3f}; published grade equal to the target's grade {a['grade_agreement']:.3f}, within one "
-        f"{a['grade_within_one']:.3f}.",
-        "",
-        f"Combined artefacts (two families at once, severity 0.3-0.8 each; {res['combined']['n_pairs']} frames): "
+        f"Model {res['model_id']}. Combined artefacts (two families at once, severity 0.3-0.8 each; {res['combined']['n_pairs']} frames): "
         f"scored below the first family alone {res['combined']['below_first']:.3f}, below the second alone "
         f"{res['combined']['below_second']:.3f}, below both {res['combined']['below_both']:.3f}; below both, per "
         "family taking part: "
@@ -107,6 +114,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", default="", help="checkpoint (default: the bundled model)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--skip-baselines", action="store_true", help="only the model (comparing checkpoints)")
+    ap.add_argument("--skip-ladders", action="store_true", help="only the combined artefacts (2 min, not 25)")
     ap.add_argument("--out-json", default=str(OUT_JSON))
     ap.add_argument("--out-md", default=str(OUT_MD))
     args = ap.parse_args(argv)
@@ -116,21 +125,24 @@ def main(argv: list[str] | None = None) -> None:
     _, evaluation = quality_split(load_rows(US_CORPUS, "us_corpus"), load_rows(REAL_US, "real_us"))
     # The confidence map takes 0.4 s a frame (2 h for the ladders); BRISQUE is optional. The fast ones stay.
     baselines = {k: v for k, v in available_baselines().items() if k not in ("confidence", "brisque")}
+    if args.skip_baselines:
+        baselines = {}
     fams = list(FAMILIES)
-    model = np.zeros((len(fams), len(evaluation), len(RUNGS)))
+    laddered = [] if args.skip_ladders else fams
+    model = np.zeros((len(laddered), len(evaluation), len(RUNGS)))
     published = np.zeros(model.shape, dtype=int)  # FrameScore.grade, what the node publishes
     base = {b: np.zeros_like(model) for b in baselines}
     combo: dict[str, list[float]] = {"both": [], "first": [], "second": []}
     combo_pair: list[tuple[str, str]] = []
     for i, row in enumerate(evaluation):
         img = load_gray(row.path)
-        ladders = [ladder(img, f, (args.seed, i, k)) for k, f in enumerate(fams)]
+        ladders = [ladder(img, f, (args.seed, i, k)) for k, f in enumerate(laddered)]
         for k, rungs in enumerate(ladders):
             for b, fn in baselines.items():
                 base[b][k, i] = [fn(x) for x in rungs]
-        scored = engine.score([x for rungs in ladders for x in rungs])
-        model[:, i] = np.reshape([s.score for s in scored], (len(fams), len(RUNGS)))
-        published[:, i] = np.reshape([s.grade for s in scored], (len(fams), len(RUNGS)))
+        scored = engine.score([x for rungs in ladders for x in rungs]) if ladders else []
+        model[:, i] = np.reshape([s.score for s in scored], (len(laddered), len(RUNGS)))
+        published[:, i] = np.reshape([s.grade for s in scored], (len(laddered), len(RUNGS)))
         rng = np.random.default_rng((args.seed, i, len(fams)))
         first, second = rng.choice(len(fams), 2, replace=False)
         s1, s2 = rng.uniform(0.3, 0.8, 2)
@@ -154,19 +166,20 @@ def main(argv: list[str] | None = None) -> None:
         "ladder": {},
         "baselines": {b: {} for b in baselines},
     }
-    for k, f in enumerate(fams):
+    for k, f in enumerate(laddered):
         res["ladder"][f] = ladder_stats(model[k]) | {"mean_score_per_rung": model[k].mean(0).tolist()}
         for b in baselines:
             res["baselines"][b][f] = ladder_stats(base[b][k])["spearman_mean"]
-    flat = model.reshape(-1, len(RUNGS))
-    target_grades = np.array([grade_of(t, grades) for t in target])
-    model_grades = published.reshape(-1, len(RUNGS))
-    res["ladder_all"] = ladder_stats(flat) | {
-        "mae_to_target": float(np.mean(np.abs(flat - target))),
-        "grade_agreement": float(np.mean(model_grades == target_grades)),
-        "grade_within_one": float(np.mean(np.abs(model_grades - target_grades) <= 1)),
-        "mean_score_per_rung": flat.mean(0).tolist(),
-    }
+    if laddered:
+        flat = model.reshape(-1, len(RUNGS))
+        target_grades = np.array([grade_of(t, grades) for t in target])
+        model_grades = published.reshape(-1, len(RUNGS))
+        res["ladder_all"] = ladder_stats(flat) | {
+            "mae_to_target": float(np.mean(np.abs(flat - target))),
+            "grade_agreement": float(np.mean(model_grades == target_grades)),
+            "grade_within_one": float(np.mean(np.abs(model_grades - target_grades) <= 1)),
+            "mean_score_per_rung": flat.mean(0).tolist(),
+        }
     both, first, second = (np.array(combo[k]) for k in ("both", "first", "second"))
     below_both = (both < first) & (both < second)
     per_family = {f: [bool(ok) for p, ok in zip(combo_pair, below_both, strict=True) if f in p] for f in fams}

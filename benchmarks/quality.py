@@ -279,13 +279,10 @@ def markdown(res: dict) -> str:
         row += [f"{b['families'][f]:.3f}" for b in base.values()]
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", f"Dark-region test (n = {model['dark_region']['n']} frames with an anechoic region):", ""]
-    lines += ["| test | bundled model | " + " | ".join(base) + " |", "|" + "---|" * (2 + len(base))]
+    lines += ["| " + " | ".join(["test", "bundled model", *base]) + " |", "|" + "---|" * (2 + len(base))]
     for d in DARK:
-        lines.append(
-            f"| {d} | {model['dark_region'][d]:.3f} | "
-            + " | ".join(f"{b['dark_region'][d]:.3f}" for b in base.values())
-            + " |"
-        )
+        cells = [d, f"{model['dark_region'][d]:.3f}", *(f"{b['dark_region'][d]:.3f}" for b in base.values())]
+        lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Consistency, median |score change| (bundled model): "]
     lines.append(", ".join(f"{k} {v:.4f}" for k, v in model["consistency_median_abs"].items()))
     hip = res.get("hip", {})
