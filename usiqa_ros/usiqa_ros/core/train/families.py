@@ -201,7 +201,7 @@ def make_unit(
         degraded.append((img, int(fi), sev, draw))
     if cfg.combined_prob and rng.random() < cfg.combined_prob:
         (first, f1, s1, _), (_, f2, s2, draw2) = degraded
-        both = degrade(np.clip(first, 0, 1).astype(np.float32), families[f2], s2, draw2)
+        both = degrade(first, families[f2], s2, draw2)
         out.append((preprocess_frame(both, pre), ROLE_COMBINED, f1, combined_severity(s1, s2), f2))
     return out
 
@@ -448,9 +448,8 @@ def quality_losses(
     zero = score.new_zeros(())
     rank = zero
     if pairs_rank:
-        bi, wi = torch.tensor(pairs_rank).T
-        better_sev = torch.where(role[bi] == ROLE_CLEAN, torch.zeros_like(severity[bi]), severity[bi])
-        margin = cfg.margin + cfg.margin_per_severity * (severity[wi] - better_sev)
+        bi, wi = torch.tensor(pairs_rank).T  # a clean copy's severity is 0
+        margin = cfg.margin + cfg.margin_per_severity * (severity[wi] - severity[bi])
         rank = F.relu(margin - (score[bi] - score[wi])).mean()
     cons = zero
     pairs = [(m[ROLE_CLEAN][0], v) for m in members.values() if ROLE_CLEAN in m for v in m.get(ROLE_VIEW, [])]
