@@ -237,6 +237,11 @@ def test_reached_target_ends_the_goal_at_once(main_node, real_us):
     assert t_result - t_score < 1.0, f"result {t_result - t_score:.3f} s after the qualifying score"
 
 
+# The server times goals on the node's clock (ROS time = the system clock), these tests on time.monotonic(); the two
+# disagreed by 17-21 ms on a loaded machine (the server's own elapsed was >= 6.0 s while the stopwatch read 5.98 s).
+CLOCK_SLACK = 0.05
+
+
 def test_timeout_returns_best_so_far(main_node):
     node, peer = main_node
     frames, bad, truth = quality_sweep()
@@ -250,7 +255,7 @@ def test_timeout_returns_best_so_far(main_node):
     assert search.status == GoalStatus.STATUS_SUCCEEDED
     # decided by the server at the deadline on its clock (the wall time to the client only bounds it below)
     assert 6.0 <= Duration.from_msg(result.elapsed).nanoseconds * 1e-9 < 6.5
-    assert took >= 6.0
+    assert took >= 6.0 - CLOCK_SLACK
     assert result.frames_evaluated == len(frames)
     best, best_stamp = best_of(peer, stamps)
     assert result.best.score == best and stamp_ns(result.best.header) == best_stamp
@@ -266,7 +271,7 @@ def test_no_images_after_grace_period(main_node):
     assert result.outcome == R.NO_IMAGES, result.message
     assert result.frames_evaluated == 0 and result.best.grade == QualityScore.GRADE_UNKNOWN
     grace = node.param("best_view.no_image_grace_s")
-    assert grace <= took < grace + 1.5, f"NO_IMAGES after {took:.2f} s with a {grace:g} s grace period"
+    assert grace - CLOCK_SLACK <= took < grace + 1.5, f"NO_IMAGES after {took:.2f} s with a {grace:g} s grace period"
 
 
 def test_default_timeout_used_when_goal_timeout_is_zero(ros):
