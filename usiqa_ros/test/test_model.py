@@ -118,7 +118,7 @@ def test_view_branch_needs_an_efficientnet_backbone():
 
 
 def test_bundled_model_view_branch_holds_imagenet_weights():
-    """The bundled model's view embedding is ImageNet's (blocks 5-6), its trunk's blocks 5-6 are trained."""
+    """The bundled model's view embedding is ImageNet's (blocks 4-6), its trunk's blocks 4-6 are trained."""
     from conftest import require
 
     from usiqa_ros.core.checkpoint import load_checkpoint
@@ -126,7 +126,7 @@ def test_bundled_model_view_branch_holds_imagenet_weights():
 
     model = load_checkpoint(None).model
     k = model.config.view_shared_blocks
-    assert k == 5 and model.view_blocks is not None
+    assert k == 4 and model.view_blocks is not None
     imagenet = build_model("usqnet_lite")
     try:
         load_imagenet_backbone(imagenet.backbone, imagenet.config.backbone)
