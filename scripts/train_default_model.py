@@ -53,9 +53,9 @@ from usiqa_ros.core.train.families import (  # noqa: E402
     train_top,
 )
 
-# Frozen part per preset: EfficientNet-Lite0 blocks 0-3 (of 7: blocks 4-6 are trained; blocks 5-6 only left the
-# left-out families lower, README "A larger backbone, a deeper fine-tune"), Lite2 blocks 0-4 (the setting it was
-# measured with); Res2Net-50 stages layer1-2 (of 4).
+# Frozen part per preset: EfficientNet-Lite0 blocks 0-3 (of 7: blocks 4-6 are trained; training only blocks 5-6
+# scored lower on left-out families, README "A larger backbone, a deeper fine-tune"), Lite2 blocks 0-4 (the setting
+# it was measured with); Res2Net-50 stages layer1-2 (of 4).
 FROZEN = {"usqnet_lite": 4, "usqnet_lite2": 5, "usqnet": 2}
 
 
