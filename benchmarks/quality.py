@@ -103,6 +103,29 @@ def summarise(scores: dict[str, np.ndarray], names: list[str]) -> dict:
     return res
 
 
+CLEAN_BANDS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def by_clean_score(scores: dict[str, np.ndarray], names: list[str], sources: list[str] | None = None) -> list[dict]:
+    """Pairwise accuracy over `names` (pooled) and of the dark-region haze test, by the clean frame's own score in
+    quarters of [0, 1]: an artefact moves the score of a frame already scored low less than that of a good one, so a
+    planner should know where in the range the ranking holds. `sources`: each frame's source, counted per band."""
+    clean = scores["clean"]
+    out = []
+    for lo, hi in zip(CLEAN_BANDS[:-1], CLEAN_BANDS[1:], strict=True):
+        m = (clean >= lo) & ((clean < hi) if hi < 1.0 else (clean <= hi))
+        row: dict = {"clean_score": [lo, hi], "n_frames": int(m.sum())}
+        if sources is not None:
+            src = np.asarray(sources)
+            row["n_by_source"] = {k: int((m & (src == k)).sum()) for k in sorted(set(sources))}
+        if m.any():
+            row["pairwise"] = float(np.mean([pairwise_accuracy(clean[m], scores[f][m]) for f in names]))
+            ok = m & ~np.isnan(scores["dark_haze"])
+            row["dark_haze"] = pairwise_accuracy(clean[ok], scores["dark_haze"][ok]) if ok.any() else float("nan")
+        out.append(row)
+    return out
+
+
 def score_spread(scores: dict[str, np.ndarray]) -> dict:
     """How much of [0, 1] the score uses: pairwise accuracy only ranks, and a model whose scores all sit near one
     value (an average of unrelated weights, README) can rank well yet give a planner or a grade nothing to use."""
@@ -235,6 +258,7 @@ def run_lofo(
             for (i, k), v in zip(flat, s, strict=True):
                 per[k][i] = v
             res = summarise(per, list(FAMILIES))
+            res["by_clean_score"] = by_clean_score(per, list(exclude) or list(FAMILIES), [r.source for r in eval_rows])
             if len(set(hip_y)) == 2:
                 res["hip_zero_shot_auc"] = float(roc_auc_score(hip_y, per["clean"][hip_idx]))
             res["seconds"] = summary["seconds"]
@@ -291,6 +315,14 @@ def markdown(res: dict) -> str:
     for d in DARK:
         cells = [d, f"{model['dark_region'][d]:.3f}", *(f"{b['dark_region'][d]:.3f}" for b in base.values())]
         lines.append("| " + " | ".join(cells) + " |")
+    bands = model.get("by_clean_score", [])
+    if bands:
+        cells = [
+            f"{b['clean_score'][0]:.2f}-{b['clean_score'][1]:.2f}: {b['n_frames']} frames"
+            + (f", pairwise {b['pairwise']:.3f}, dark haze {b['dark_haze']:.3f}" if b["n_frames"] else "")
+            for b in bands
+        ]
+        lines += ["", "By the clean frame's own score (bundled model, all families pooled): " + "; ".join(cells) + "."]
     lines += ["", "Consistency, median |score change| (bundled model): "]
     lines.append(", ".join(f"{k} {v:.4f}" for k, v in model["consistency_median_abs"].items()))
     hip = res.get("hip", {})
@@ -395,6 +427,7 @@ def main(argv: list[str] | None = None) -> None:
         "bundled": summarise(bundled_scores, list(FAMILIES)),
     }
     res["bundled"]["score_spread"] = score_spread(bundled_scores)
+    res["bundled"]["by_clean_score"] = by_clean_score(bundled_scores, list(FAMILIES), [r.source for r in eval_rows])
     res["bundled"]["per_source_families_mean"] = {
         s: float(
             np.mean(
