@@ -107,21 +107,22 @@ CLEAN_BANDS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 def by_clean_score(scores: dict[str, np.ndarray], names: list[str], sources: list[str] | None = None) -> list[dict]:
-    """Pairwise accuracy over `names` (pooled) and of the dark-region haze test, by the clean frame's own score in
-    quarters of [0, 1]: an artefact moves the score of a frame already scored low less than that of a good one, so a
-    planner should know where in the range the ranking holds. `sources`: each frame's source, counted per band."""
-    clean = scores["clean"]
+    """`summarise`'s pooled pairwise accuracy over `names` and its dark-region haze test, by the clean frame's own
+    score in quarters of [0, 1]: an artefact moves the score of a frame already scored low less than that of a good
+    one, so a planner should know where in the range the ranking holds. `sources`: each frame's source, counted per
+    band."""
+    band = np.searchsorted(CLEAN_BANDS[1:-1], scores["clean"], side="right")  # 0..3; a score of 1.0 in the top band
+    src = None if sources is None else np.asarray(sources)
     out = []
-    for lo, hi in zip(CLEAN_BANDS[:-1], CLEAN_BANDS[1:], strict=True):
-        m = (clean >= lo) & ((clean < hi) if hi < 1.0 else (clean <= hi))
+    for b, (lo, hi) in enumerate(zip(CLEAN_BANDS[:-1], CLEAN_BANDS[1:], strict=True)):
+        m = band == b
         row: dict = {"clean_score": [lo, hi], "n_frames": int(m.sum())}
-        if sources is not None:
-            src = np.asarray(sources)
-            row["n_by_source"] = {k: int((m & (src == k)).sum()) for k in sorted(set(sources))}
+        if src is not None:
+            row["n_by_source"] = {k: int((m & (src == k)).sum()) for k in sorted(set(src.tolist()))}
         if m.any():
-            row["pairwise"] = float(np.mean([pairwise_accuracy(clean[m], scores[f][m]) for f in names]))
-            ok = m & ~np.isnan(scores["dark_haze"])
-            row["dark_haze"] = pairwise_accuracy(clean[ok], scores["dark_haze"][ok]) if ok.any() else float("nan")
+            part = summarise({k: v[m] for k, v in scores.items()}, names)
+            row["pairwise"] = part["families_mean"]
+            row["dark_haze"] = part["dark_region"]["dark_haze"]
         out.append(row)
     return out
 
