@@ -1,0 +1,97 @@
+"""Short in-distribution runs of the bundled recipe, scored on everything at once: the 13 library families, the
+dark-region tests and consistency (benchmarks.quality's pairs), the out-of-library kinds (benchmarks.unseen_kinds)
+and the veil diagnostic. Compares versions of the artefact library: run it once per version,
+each from its own checkout with its own --train-work (the unit cache is drawn from that checkout's library).
+
+    .venv/bin/python -m benchmarks.short_run_kinds --train-work runs/lib_old --label old --out runs/lib_old/short.json
+    # in a second checkout with the library version to compare, e.g. `git apply benchmarks/results/haze_veil.patch`:
+    .venv/bin/python -m benchmarks.short_run_kinds --train-work runs/lib_new --label new --out runs/lib_new/short.json
+
+Same recipe as benchmarks.quality's "in_distribution" short run (300 steps x 8 units from ImageNet
+EfficientNet-Lite0, blocks 0-3 frozen, 160 px, the 6,000 cached units of scripts/train_default_model.py) and the same
+scoring path (cached trunk features, the trained top). Its 13-family figures match that run's quality.json cells
+only to seed noise: the unit cache is rebuilt in --train-work, and a cache built on 2026-12-01 gave cells up to
+0.046 apart from the earlier one (results/haze_veil.json); compare library versions with caches built alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks import quality, unseen_kinds
+from benchmarks.common import write_json
+from scripts.train_default_model import get_cache, start_model
+from usiqa_ros.core.data.corpus import REAL_US, US_CORPUS, load_rows, quality_split
+from usiqa_ros.core.data.degrade import FAMILIES
+from usiqa_ros.core.data.synthetic import load_gray
+from usiqa_ros.core.preprocess import PreprocessConfig, preprocess_frame
+from usiqa_ros.core.train.families import TopTrainConfig, scores_from_feats, train_top, trunk_feats
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--train-work", required=True, help="unit cache of this checkout's library")
+    ap.add_argument("--label", required=True, help="name of this library version in the output")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--frozen", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--units-per-step", type=int, default=8)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    size = quality.SHORT_RUN_SIZE
+    corpus, real = load_rows(US_CORPUS, "us_corpus"), load_rows(REAL_US, "real_us")
+    _, eval_rows = quality_split(corpus, real)
+    frames = [load_gray(r.path) for r in eval_rows]
+    images = [
+        quality.variants(f, 0, i)
+        | {f"unseen/{k}": v for k, v in unseen_kinds.variants(f, 0, i).items() if k != "clean"}
+        for i, f in enumerate(frames)
+    ]
+    keys = sorted({k for v in images for k in v})
+    flat = [(i, k) for i, v in enumerate(images) for k in keys if k in v]
+    pre = PreprocessConfig(input_size=size)
+    base, start = start_model("usqnet_lite", "", size=size)
+    t0 = time.monotonic()
+    feats = trunk_feats(base, [preprocess_frame(images[i][k], pre) for i, k in flat], args.frozen)
+    print(f"{len(flat)} images through the frozen trunk in {time.monotonic() - t0:.0f} s", flush=True)
+    cache = get_cache(Path(args.train_work), "usqnet_lite", "", 6000, 2, 0, args.frozen, size=size)
+    out: dict = {
+        "label": args.label,
+        "start": start,
+        "command": "python -m benchmarks.short_run_kinds " + " ".join(argv or []),
+        "seeds": {},
+    }
+    for seed in args.seeds:
+        model, _ = start_model("usqnet_lite", "", size=size)
+        cfg = TopTrainConfig(steps=args.steps, units_per_step=args.units_per_step, lr=1e-3, seed=seed)
+        summary = train_top(model, cache, args.frozen, cfg, log=lambda m: None)
+        s = scores_from_feats(model, feats, args.frozen)
+        per = {k: np.full(len(images), np.nan) for k in keys}
+        for (i, k), v in zip(flat, s, strict=True):
+            per[k][i] = v
+        res = quality.summarise(per, list(FAMILIES))
+        res["unseen"] = unseen_kinds.summarise(
+            {"clean": per["clean"]} | {k: per[f"unseen/{k}"] for k in [*unseen_kinds.KINDS, *unseen_kinds.DIAGNOSTICS]}
+        )
+        res["seconds"] = summary["seconds"]
+        out["seeds"][str(seed)] = res
+        print(
+            f"seed {seed}: families mean {res['families_mean']:.3f}, veil {res['unseen']['diagnostics']['veil']:.3f}, "
+            f"unseen {res['unseen']['pairwise']}",
+            flush=True,
+        )
+        write_json(args.out, out)
+    print(json.dumps(out["seeds"], indent=1)[:2000])
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])
