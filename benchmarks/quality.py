@@ -27,6 +27,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -41,6 +42,9 @@ from usiqa_ros.core.engine import Engine, EngineConfig
 from usiqa_ros.core.metrics import pairwise_accuracy
 from usiqa_ros.core.preprocess import PreprocessConfig, preprocess_frame
 from usiqa_ros.core.safe_io import atomic_write_text
+
+if TYPE_CHECKING:  # training code is imported only by the stages that train
+    from usiqa_ros.core.train.families import Cache, TopTrainConfig
 
 CONSISTENCY = ("flip", "brightness_0.9", "brightness_1.1", "shift_4px")
 DARK = ("dark_haze", "dark_noise")
@@ -199,7 +203,7 @@ def run_lofo(
     from sklearn.metrics import roc_auc_score
 
     from scripts.train_default_model import FROZEN, get_cache, start_model
-    from usiqa_ros.core.train.families import TopTrainConfig, scores_from_feats, train_top, trunk_feats
+    from usiqa_ros.core.train.families import TopTrainConfig, trunk_feats
 
     frozen = FROZEN[args.preset] if args.frozen < 0 else args.frozen
     hip_idx = np.array([i for i, r in enumerate(eval_rows) if r.source == "hip"], dtype=int)
@@ -249,15 +253,10 @@ def run_lofo(
                 by_name[name] = json.loads(path.read_text())
                 continue
             init = args.pretrained if name.endswith("uscl_init") else ""
-            model, _ = start_model(args.preset, init, size=SHORT_RUN_SIZE)
             cfg = TopTrainConfig(
                 steps=args.lofo_steps, units_per_step=args.lofo_units, lr=1e-3, seed=seed, exclude=exclude
             )
-            summary = train_top(model, cache, frozen, cfg, log=lambda m: None)
-            s = scores_from_feats(model, feats, frozen)
-            per = {k: np.full(len(eval_inputs), np.nan) for k in keys}
-            for (i, k), v in zip(flat, s, strict=True):
-                per[k][i] = v
+            per, summary = short_run(args.preset, init, cache, frozen, cfg, feats, flat, len(eval_inputs), keys)
             res = summarise(per, list(FAMILIES))
             res["by_clean_score"] = by_clean_score(per, list(exclude) or list(FAMILIES), [r.source for r in eval_rows])
             if len(set(hip_y)) == 2:
@@ -278,6 +277,32 @@ def run_lofo(
         "seeds": list(args.lofo_seeds),
         "runs_by_seed": results,
     }
+
+
+def short_run(
+    preset: str,
+    init: str,
+    cache: Cache,
+    frozen: int,
+    cfg: TopTrainConfig,
+    feats: torch.Tensor,
+    flat: list[tuple[int, str]],
+    n_frames: int,
+    keys: list[str],
+) -> tuple[dict[str, np.ndarray], dict]:
+    """One short run: the preset from `init` (ImageNet when empty) at SHORT_RUN_SIZE, its top trained on `cache` by
+    `cfg` (a TopTrainConfig), then scored on the cached trunk features `feats` of the images `flat` = (frame, key);
+    returns the scores per key and frame (NaN where a frame has no such image) and train_top's summary."""
+    from scripts.train_default_model import start_model
+    from usiqa_ros.core.train.families import scores_from_feats, train_top
+
+    model, _ = start_model(preset, init, size=SHORT_RUN_SIZE)
+    summary = train_top(model, cache, frozen, cfg, log=lambda m: None)
+    s = scores_from_feats(model, feats, frozen)
+    per = {k: np.full(n_frames, np.nan) for k in keys}
+    for (i, k), v in zip(flat, s, strict=True):
+        per[k][i] = v
+    return per, summary
 
 
 def run_path(work: Path, name: str, seed: int) -> Path:

@@ -17,11 +17,9 @@ only to seed noise: the unit cache is rebuilt in --train-work, and a cache built
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from benchmarks import quality, unseen_kinds
@@ -31,7 +29,7 @@ from usiqa_ros.core.data.corpus import REAL_US, US_CORPUS, load_rows, quality_sp
 from usiqa_ros.core.data.degrade import FAMILIES
 from usiqa_ros.core.data.synthetic import load_gray
 from usiqa_ros.core.preprocess import PreprocessConfig, preprocess_frame
-from usiqa_ros.core.train.families import TopTrainConfig, scores_from_feats, train_top, trunk_feats
+from usiqa_ros.core.train.families import TopTrainConfig, trunk_feats
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -69,13 +67,8 @@ def main(argv: list[str] | None = None) -> None:
         "seeds": {},
     }
     for seed in args.seeds:
-        model, _ = start_model("usqnet_lite", "", size=size)
         cfg = TopTrainConfig(steps=args.steps, units_per_step=args.units_per_step, lr=1e-3, seed=seed)
-        summary = train_top(model, cache, args.frozen, cfg, log=lambda m: None)
-        s = scores_from_feats(model, feats, args.frozen)
-        per = {k: np.full(len(images), np.nan) for k in keys}
-        for (i, k), v in zip(flat, s, strict=True):
-            per[k][i] = v
+        per, summary = quality.short_run("usqnet_lite", "", cache, args.frozen, cfg, feats, flat, len(images), keys)
         res = quality.summarise(per, list(FAMILIES))
         res["unseen"] = unseen_kinds.summarise(
             {"clean": per["clean"]} | {k: per[f"unseen/{k}"] for k in [*unseen_kinds.KINDS, *unseen_kinds.DIAGNOSTICS]}
@@ -88,7 +81,6 @@ def main(argv: list[str] | None = None) -> None:
             flush=True,
         )
         write_json(args.out, out)
-    print(json.dumps(out["seeds"], indent=1)[:2000])
 
 
 if __name__ == "__main__":
