@@ -3,6 +3,8 @@ suspended coroutine still completes. Real rclpy nodes, timers and futures."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from typing import Any
 
@@ -14,7 +16,7 @@ from rclpy.task import Future
 from ros_helpers import Spinner, wait_for
 from std_msgs.msg import UInt8MultiArray
 
-from usiqa_ros.ros.spin import MultiThreadedExecutor
+from usiqa_ros.ros.spin import MultiThreadedExecutor, ignore_sigint
 
 
 @pytest.fixture
@@ -97,3 +99,27 @@ def test_a_suspended_coroutine_is_resumed(ros) -> None:
         spinner.stop()
         node.destroy_node()
     assert results == [7]
+
+
+def test_ignore_sigint_survives_a_sigint_during_the_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real SIGINT delivered while ignore_sigint is setting the ignore (the race `ros2 launch` hit at Ctrl-C) must
+    not escape as KeyboardInterrupt, and SIGINT is ignored afterwards."""
+    real = signal.signal
+    raced: list[bool] = []
+
+    def racing(sig: int, handler: Any) -> Any:
+        if not raced:
+            raced.append(True)
+            os.kill(os.getpid(), signal.SIGINT)  # handled at the next bytecode, before the ignore below
+            time.sleep(0.05)
+        return real(sig, handler)
+
+    previous = real(signal.SIGINT, signal.default_int_handler)
+    monkeypatch.setattr(signal, "signal", racing)
+    try:
+        ignore_sigint()
+        assert raced and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # ignored: no KeyboardInterrupt
+    finally:
+        real(signal.SIGINT, previous)

@@ -62,9 +62,17 @@ def _not_started(task: Task[Any]) -> bool:
 def ignore_sigint() -> None:
     """From here on ignore SIGINT: a second one while cleaning up (`ros2 launch` forwards one after `kill -INT
     -PGID` or a terminal's Ctrl-C already reached the process group) would cut the worker join, destroy_node and
-    the rclpy shutdown short (launch: "process has died ... exit code -2")."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    the rclpy shutdown short (launch: "process has died ... exit code -2"). That second SIGINT can also land while
+    this call runs, before the ignore takes effect (seen once in seven `ros2 launch` Ctrl-Cs): its KeyboardInterrupt
+    is the one being ignored, so the call is simply made again."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    while True:
+        try:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            return
+        except KeyboardInterrupt:
+            continue
 
 
 def trace_native_crashes() -> None:
