@@ -6,6 +6,12 @@ each from its own checkout with its own --train-work (the unit cache is drawn fr
     .venv/bin/python -m benchmarks.short_run_kinds --train-work runs/lib_old --label old --out runs/lib_old/short.json
     # in a second checkout with the library version to compare, e.g. `git apply benchmarks/results/haze_veil.patch`:
     .venv/bin/python -m benchmarks.short_run_kinds --train-work runs/lib_new --label new --out runs/lib_new/short.json
+    # or a training-only artefact beside the library (results/contrast_loss_rule.txt):
+    .venv/bin/python -m benchmarks.short_run_kinds --train-work runs/lib_cl --label contrast_loss \
+        --extra-families contrast_loss --out runs/lib_cl/short.json
+    # seed-mean figures of each version and their change from the first (results/contrast_loss.json):
+    .venv/bin/python -m benchmarks.short_run_kinds --judge runs/lib_old/short.json runs/lib_cl/short.json \
+        runs/lib_cl2/short.json --out benchmarks/results/contrast_loss.json
 
 Same recipe as benchmarks.quality's "in_distribution" short run (300 steps x 8 units from ImageNet
 EfficientNet-Lite0, blocks 0-3 frozen, 160 px, the 6,000 cached units of scripts/train_default_model.py) and the same
@@ -17,9 +23,12 @@ only to seed noise: the unit cache is rebuilt in --train-work, and a cache built
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from benchmarks import quality, unseen_kinds
@@ -32,16 +41,63 @@ from usiqa_ros.core.preprocess import PreprocessConfig, preprocess_frame
 from usiqa_ros.core.train.families import TopTrainConfig, trunk_feats
 
 
+def figures(run: dict) -> dict:
+    """The figures the library rules judge (results/haze_veil_rule.txt, contrast_loss_rule.txt), averaged over the
+    run's seeds: family mean, each family, dark-region haze and noise, the five out-of-library kinds other than
+    low_dynamic_range, low_dynamic_range and the veil."""
+    seeds = list(run["seeds"].values())
+    five = [k for k in unseen_kinds.KINDS if k != "low_dynamic_range"]
+
+    def avg(get: Callable[[dict], float]) -> float:
+        return float(np.mean([get(r) for r in seeds]))
+
+    return {
+        "families_mean": avg(lambda r: r["families_mean"]),
+        "dark_haze": avg(lambda r: r["dark_region"]["dark_haze"]),
+        "dark_noise": avg(lambda r: r["dark_region"]["dark_noise"]),
+        "unseen_five_mean": avg(lambda r: float(np.mean([r["unseen"]["pairwise"][k] for k in five]))),
+        "low_dynamic_range": avg(lambda r: r["unseen"]["pairwise"]["low_dynamic_range"]),
+        "veil": avg(lambda r: r["unseen"]["diagnostics"]["veil"]),
+        "families": {f: avg(lambda r, f=f: r["families"][f]) for f in seeds[0]["families"]},
+        "unseen": {k: avg(lambda r, k=k: r["unseen"]["pairwise"][k]) for k in unseen_kinds.KINDS},
+    }
+
+
+def judge(runs: list[dict], argv: list[str]) -> dict:
+    """Seed-mean figures of each run and their change from the first (the base); every run is kept whole."""
+    base = figures(runs[0])
+    for run in runs[1:]:
+        if run["seeds"].keys() != runs[0]["seeds"].keys():
+            raise SystemExit(f"{run['label']}: seeds {sorted(run['seeds'])}, the base has {sorted(runs[0]['seeds'])}")
+    out: dict = {"command": "python -m benchmarks.short_run_kinds " + " ".join(argv), "base": runs[0]["label"]}
+    out["versions"] = {}
+    for run in runs:
+        fig = figures(run)
+        delta = {k: fig[k] - base[k] for k in fig if isinstance(fig[k], float)}
+        delta["families"] = {f: fig["families"][f] - base["families"][f] for f in fig["families"]}
+        out["versions"][run["label"]] = {"figures": fig, "change_from_base": delta, "runs": run}
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--train-work", required=True, help="unit cache of this checkout's library")
-    ap.add_argument("--label", required=True, help="name of this library version in the output")
+    ap.add_argument("--train-work", help="unit cache of this checkout's library")
+    ap.add_argument("--label", help="name of this library version in the output")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--frozen", type=int, default=4)
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--units-per-step", type=int, default=8)
+    ap.add_argument("--extra-families", nargs="*", default=[], help="the cache's UnitConfig.extra_families")
     ap.add_argument("--out", required=True)
+    ap.add_argument(
+        "--judge", nargs="+", metavar="JSON", help="no runs: compare outputs of this module, the first is the base"
+    )
     args = ap.parse_args(argv)
+    if args.judge:
+        write_json(args.out, judge([json.loads(Path(p).read_text()) for p in args.judge], argv or []))
+        return
+    if not (args.train_work and args.label):
+        ap.error("--train-work and --label are required for runs")
     torch.set_num_threads(1)
     size = quality.SHORT_RUN_SIZE
     corpus, real = load_rows(US_CORPUS, "us_corpus"), load_rows(REAL_US, "real_us")
@@ -59,7 +115,17 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.monotonic()
     feats = trunk_feats(base, [preprocess_frame(images[i][k], pre) for i, k in flat], args.frozen)
     print(f"{len(flat)} images through the frozen trunk in {time.monotonic() - t0:.0f} s", flush=True)
-    cache = get_cache(Path(args.train_work), "usqnet_lite", "", 6000, 2, 0, args.frozen, size=size)
+    cache = get_cache(
+        Path(args.train_work),
+        "usqnet_lite",
+        "",
+        6000,
+        2,
+        0,
+        args.frozen,
+        size=size,
+        extra_families=tuple(args.extra_families),
+    )
     out: dict = {
         "label": args.label,
         "start": start,

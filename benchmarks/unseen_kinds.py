@@ -29,7 +29,7 @@ from benchmarks.common import RESULTS, write_json
 from benchmarks.quality import score_all
 from usiqa_ros.core.baselines import available_baselines
 from usiqa_ros.core.data.corpus import REAL_US, US_CORPUS, load_rows, quality_split
-from usiqa_ros.core.data.degrade import scan_mask
+from usiqa_ros.core.data.degrade import sector_hull
 from usiqa_ros.core.data.synthetic import load_gray
 from usiqa_ros.core.engine import Engine, EngineConfig
 from usiqa_ros.core.metrics import pairwise_accuracy
@@ -44,17 +44,6 @@ NOTES = [
     "The previous bundled model (--model second): git show "
     "323ba6e^:usiqa_ros/usiqa_ros/models/usqnet_lite_default.safetensors > runs/prev_438a1663.safetensors",
 ]
-
-
-def sector_hull(gray: np.ndarray) -> np.ndarray:
-    """The scan sector as the convex hull of `scan_mask`: that mask leaves out anechoic regions joined to the frame's
-    black border (a dark far field, a chamber open to the edge), but a processing fault acts on them too."""
-    mask = (scan_mask(gray) > 0).astype(np.uint8)
-    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    hull = np.zeros_like(mask)
-    if contours:
-        cv2.fillPoly(hull, [cv2.convexHull(np.concatenate(contours))], 1)
-    return hull.astype(np.float32)
 
 
 def _inside(img: np.ndarray, out: np.ndarray) -> np.ndarray:

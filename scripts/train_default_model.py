@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO / "usiqa_ros"))
 
 from usiqa_ros.core.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from usiqa_ros.core.data.corpus import REAL_US, US_CORPUS, load_rows, quality_split  # noqa: E402
+from usiqa_ros.core.data.degrade import TRAINING_ONLY  # noqa: E402
 from usiqa_ros.core.model import USQNet, build_model  # noqa: E402
 from usiqa_ros.core.model.pretrained import IMAGENET_BACKBONES, load_imagenet_backbone  # noqa: E402
 from usiqa_ros.core.model.usqnet import PRESETS  # noqa: E402
@@ -274,7 +275,8 @@ def main() -> None:
         "--extra-families",
         nargs="*",
         default=[],
-        help="training-only generic artefacts drawn beside the 13 families (UnitConfig.extra_families: regional)",
+        choices=sorted(TRAINING_ONLY),
+        help="training-only artefacts drawn beside the 13 families (UnitConfig.extra_families)",
     )
     ap.add_argument(
         "--combined-prob",

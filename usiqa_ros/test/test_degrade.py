@@ -15,6 +15,7 @@ from usiqa_ros.core.data.degrade import (
     dark_region_mask,
     degrade,
     scan_mask,
+    sector_hull,
     severity_to_score,
 )
 
@@ -64,6 +65,26 @@ def test_regional_changes_part_of_the_sector_only() -> None:
         assert not changed[~sector].any()
         share = changed[sector].mean()
         assert 0.02 < share < 0.85, (k, share)
+
+
+def test_contrast_loss_greys_the_dark_without_texture_inside_the_hull_only() -> None:
+    """The training-only contrast artefact lowers the sector's contrast without adding grain: the anechoic disc
+    keeps its smoothness, a dark region joined to the border (outside scan_mask, inside the hull) is reached too, and
+    the black corners outside the hull stay black."""
+    img = _frame()
+    img[-30:, 50:110] = 0.0  # a dark far field joined to the black border: outside scan_mask, inside the hull
+    img[-8:] = 0.0
+    hull = sector_hull(img) > 0
+    far_field = hull[-25:-10, 70:90]
+    assert far_field.all() and not (scan_mask(img)[-25:-10, 70:90] > 0).any()
+    disc = np.zeros_like(hull)
+    disc[66:78, 74:86] = True  # inside the anechoic disc of _frame
+    for k in range(12):
+        out = degrade(img, "contrast_loss", 0.8, np.random.default_rng(k))
+        assert not (np.abs(out - img) > 1e-6)[~hull].any(), k
+        assert out[hull].std() < img[hull].std(), k
+        assert out[disc].std() < 0.02, k  # no texture added to the anechoic region
+        assert out[-25:-10, 70:90].min() > 0.02, k  # the black far field joined to the border is greyed too
 
 
 def test_aliases_unknown_and_bad_input() -> None:

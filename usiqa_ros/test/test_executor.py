@@ -16,7 +16,7 @@ from rclpy.task import Future
 from ros_helpers import Spinner, wait_for
 from std_msgs.msg import UInt8MultiArray
 
-from usiqa_ros.ros.spin import MultiThreadedExecutor, ignore_sigint
+from usiqa_ros.ros.spin import MultiThreadedExecutor, ignore_sigint, interrupt_once
 
 
 @pytest.fixture
@@ -123,3 +123,21 @@ def test_ignore_sigint_survives_a_sigint_during_the_call(monkeypatch: pytest.Mon
         time.sleep(0.05)  # ignored: no KeyboardInterrupt
     finally:
         real(signal.SIGINT, previous)
+
+
+def test_interrupt_once_raises_once_then_ignores() -> None:
+    """The first SIGINT ends the spin (KeyboardInterrupt); the second that `ros2 launch` forwards, landing in the
+    `except` block before any cleanup call could set an ignore, must not raise again."""
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        interrupt_once()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1.0)
+        try:
+            os.kill(os.getpid(), signal.SIGINT)  # as if in main()'s `except`, before ignore_sigint
+            time.sleep(0.05)
+        except KeyboardInterrupt:
+            pytest.fail("the second SIGINT raised KeyboardInterrupt during the cleanup")
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -47,7 +47,7 @@ from usiqa_ros.core.references import ReferenceError, ReferenceFrame, ReferenceS
 from usiqa_ros.ros.annotate import DebugImage
 from usiqa_ros.ros.best_view import BestViewConfig, BestViewServer, ScoreListener
 from usiqa_ros.ros.diagnostics import Health, IqaDiagnostics, NodeStats, parameter_descriptors
-from usiqa_ros.ros.spin import MultiThreadedExecutor, ignore_sigint, trace_native_crashes
+from usiqa_ros.ros.spin import MultiThreadedExecutor, ignore_sigint, interrupt_once, trace_native_crashes
 
 
 @dataclass
@@ -658,6 +658,7 @@ class IqaNode(LifecycleNode):
 
 def main(args: list[str] | None = None) -> int:
     trace_native_crashes()
+    interrupt_once()
     rclpy.init(args=args)
     try:
         node = IqaNode()

@@ -59,6 +59,25 @@ def _not_started(task: Task[Any]) -> bool:
     return inspect.iscoroutine(handler) and inspect.getcoroutinestate(handler) == inspect.CORO_CREATED
 
 
+def interrupt_once() -> None:
+    """Call in the main thread before rclpy.init (whose SIGINT handler then chains to this one): the first SIGINT
+    raises KeyboardInterrupt (ends the spin), every later one is ignored. `ros2 launch` forwards a second SIGINT after
+    a terminal's Ctrl-C or `kill -INT -PGID` already reached the process group; with Python's default handler it can
+    land anywhere after the first, between the `except` and the `finally` too, and cut the cleanup short (launch:
+    "process has died ... exit code -2"). `ignore_sigint` then covers the cleanup after an external shutdown."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    fired = False
+
+    def handler(signum: int, frame: object) -> None:
+        nonlocal fired
+        if not fired:
+            fired = True
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+
+
 def ignore_sigint() -> None:
     """From here on ignore SIGINT: a second one while cleaning up (`ros2 launch` forwards one after `kill -INT
     -PGID` or a terminal's Ctrl-C already reached the process group) would cut the worker join, destroy_node and
@@ -85,6 +104,7 @@ def trace_native_crashes() -> None:
 def spin_node(make_node: Callable[[], Node], args: list[str] | None = None) -> None:
     """rclpy.init(args), make_node(), spin; Ctrl-C and external shutdown end it quietly."""
     trace_native_crashes()
+    interrupt_once()
     rclpy.init(args=args)
     node = make_node()
     try:

@@ -30,7 +30,9 @@ Families (what each models):
 - dropped_lines: missing scan lines (dark or stuck columns/rays), single or in clusters.
 
 Training only (`TRAINING_ONLY`, drawn beside the families when `UnitConfig.extra_families` asks, never evaluated as
-a family): regional, an irregular part of the sector attenuated, filled, smeared or coarsened (tried; README).
+a family): regional, an irregular part of the sector attenuated, filled, smeared or coarsened (tried; README);
+contrast_loss, grey-level range lost without texture (a flat veil, a squeezed dynamic range); contrast_harsh, the
+other side (grey levels stretched and clipped).
 
 Depth attenuation, the Gaussian shadow and the near-field haze follow the formulas of `usaugment` (Ostvik et
 al. 2021; Smistad et al. 2018); the rest is written here. `degrade` also accepts the kind names of the first
@@ -70,6 +72,18 @@ def scan_mask(gray: np.ndarray, threshold: float = 0.04) -> np.ndarray:
     if mask.mean() < 0.05:  # nearly black frame: treat the whole frame as the sector
         mask[:] = 1
     return mask.astype(np.float32)
+
+
+def sector_hull(gray: np.ndarray) -> np.ndarray:
+    """Float mask (0/1) of the scan sector as the convex hull of `scan_mask`: that mask leaves out anechoic regions
+    joined to the frame's black border (a dark far field, a chamber open to the edge), but a processing fault acts
+    on them too."""
+    mask = (scan_mask(gray) > 0).astype(np.uint8)
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    hull = np.zeros_like(mask)
+    if contours:
+        cv2.fillPoly(hull, [cv2.convexHull(np.concatenate(contours))], 1)
+    return hull.astype(np.float32)
 
 
 def dark_region_mask(gray: np.ndarray, sector: np.ndarray | None = None, min_fraction: float = 0.01) -> np.ndarray:
@@ -439,6 +453,55 @@ def regional(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
     return _f32(np.clip(img + region * (changed - img), 0, 1))
 
 
+def contrast_loss(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
+    """Training only, never evaluated as a family: grey-level range lost with no texture added, over the sector's
+    convex hull (anechoic regions joined to the border too): a smooth veil screened over the image (uniform, fading
+    with depth or blob-shaped), the grey levels squeezed towards a grey level (dynamic range / log compression too
+    low, sometimes with a gamma error), or the black level raised and the white level lowered. Every textured
+    family lifts dark regions WITH grain; without this the score learnt that a flat grey veil over an anechoic far
+    field is better than the clean frame (results/contrast_loss_rule.txt)."""
+    h, w = img.shape
+    hull = sector_hull(img)
+    amount = min(0.95, (0.08 + 0.5 * s) * rng.uniform(0.8, 1.2))
+    op = rng.choice(["veil", "squeeze", "levels"])
+    if op == "veil":
+        _, y = _grid(h, w)
+        shape = rng.choice(["uniform", "depth", "blobs"])
+        env: np.ndarray
+        if shape == "uniform":
+            env = np.ones((h, w), np.float32)
+        elif shape == "depth":  # stronger near the probe (clutter) or deep (noise floor lifted by TGC)
+            ramp = y if rng.random() < 0.5 else 1.0 - y
+            env = 0.3 + 0.7 * ramp
+        else:
+            env = np.clip(0.3 + _blob_envelope(h, w, rng, int(rng.integers(1, 4))), 0, 1)
+        out = _screen(img, amount * env)
+    elif op == "squeeze":
+        level = rng.uniform(0.2, 0.6)
+        out = level + (img - level) * (1.0 - amount)
+        if rng.random() < 0.4:
+            out = np.clip(out, 0, 1) ** rng.uniform(0.7, 1.4)
+    else:
+        black, white = amount * rng.uniform(0.5, 1.0), 1.0 - amount * rng.uniform(0.0, 0.6)
+        out = black + (white - black) * img
+    return _f32(np.clip(img + (out - img) * hull, 0, 1))
+
+
+def contrast_harsh(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
+    """Training only, never evaluated as a family: the other side of `contrast_loss`, contrast too high (dynamic
+    range set too low): grey levels stretched around a level and clipped at both ends, weak echoes lost to black and
+    strong ones to white, sometimes with a gamma error; over the sector's convex hull. Taught beside contrast_loss so
+    that the score learns "departs from the scanner's normal contrast", not "more contrast is better"."""
+    hull = sector_hull(img)
+    inside = img[hull > 0] if hull.any() else img.ravel()
+    level = float(np.quantile(inside, rng.uniform(0.3, 0.7)))
+    gain = 1.0 + (0.4 + 2.6 * s) * rng.uniform(0.8, 1.2)
+    out = np.clip(level + (img - level) * gain, 0, 1)
+    if rng.random() < 0.4:
+        out = out ** rng.uniform(0.7, 1.5)
+    return _f32(np.clip(img + (out - img) * hull, 0, 1))
+
+
 def cutoff(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
     """Anatomy cut off (a view problem, not an artefact; kept for the tools of the first version): the content
     shifted towards one side (left, right or deeper), the vacated part black."""
@@ -482,7 +545,11 @@ ALIASES: dict[str, str] = {
     "speckle_noise": "speckle_correlated",
 }
 # Training-only generic artefacts (`UnitConfig.extra_families`): drawn beside the families, never evaluated as one.
-TRAINING_ONLY: dict[str, Degradation] = {"regional": regional}
+TRAINING_ONLY: dict[str, Degradation] = {
+    "regional": regional,
+    "contrast_loss": contrast_loss,
+    "contrast_harsh": contrast_harsh,
+}
 EXTRA: dict[str, Degradation] = {
     "cutoff": cutoff,
     "depth_attenuation": depth_attenuation,
