@@ -456,8 +456,8 @@ def regional(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
 def contrast_loss(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
     """Training only, never evaluated as a family: grey-level range lost with no texture added, over the sector's
     convex hull (anechoic regions joined to the border too): a smooth veil screened over the image (uniform, fading
-    with depth or blob-shaped), the grey levels squeezed towards a grey level (dynamic range / log compression too
-    low, sometimes with a gamma error), or the black level raised and the white level lowered. Every textured
+    with depth or blob-shaped), the grey levels squeezed towards a grey level (a washed-out display with too little
+    displayed range; sometimes with a gamma error), or the black level raised and the white lowered. Every textured
     family lifts dark regions WITH grain; without this the score learnt that a flat grey veil over an anechoic far
     field is better than the clean frame (results/contrast_loss_rule.txt)."""
     h, w = img.shape
@@ -488,10 +488,11 @@ def contrast_loss(img: np.ndarray, s: float, rng: np.random.Generator) -> np.nda
 
 
 def contrast_harsh(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
-    """Training only, never evaluated as a family: the other side of `contrast_loss`, contrast too high (dynamic
-    range set too low): grey levels stretched around a level and clipped at both ends, weak echoes lost to black and
-    strong ones to white, sometimes with a gamma error; over the sector's convex hull. Taught beside contrast_loss so
-    that the score learns "departs from the scanner's normal contrast", not "more contrast is better"."""
+    """Training only, never evaluated as a family: the other side of `contrast_loss`, contrast too high (a harsh
+    black-and-white display): grey levels stretched around a level and clipped at both ends, weak echoes lost to
+    black and strong ones to white, sometimes with a gamma error; over the sector's convex hull. Taught beside
+    contrast_loss so that the score learns "departs from the scanner's normal contrast", not "more contrast is
+    better"."""
     hull = sector_hull(img)
     inside = img[hull > 0] if hull.any() else img.ravel()
     level = float(np.quantile(inside, rng.uniform(0.3, 0.7)))
