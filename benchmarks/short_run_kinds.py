@@ -63,13 +63,13 @@ def figures(run: dict) -> dict:
     }
 
 
-def judge(runs: list[dict], argv: list[str]) -> dict:
+def judge(runs: list[dict], command: str) -> dict:
     """Seed-mean figures of each run and their change from the first (the base); every run is kept whole."""
     base = figures(runs[0])
     for run in runs[1:]:
         if run["seeds"].keys() != runs[0]["seeds"].keys():
             raise SystemExit(f"{run['label']}: seeds {sorted(run['seeds'])}, the base has {sorted(runs[0]['seeds'])}")
-    out: dict = {"command": "python -m benchmarks.short_run_kinds " + " ".join(argv), "base": runs[0]["label"]}
+    out: dict = {"command": command, "base": runs[0]["label"]}
     out["versions"] = {}
     for run in runs:
         fig = figures(run)
@@ -93,8 +93,9 @@ def main(argv: list[str] | None = None) -> None:
         "--judge", nargs="+", metavar="JSON", help="no runs: compare outputs of this module, the first is the base"
     )
     args = ap.parse_args(argv)
+    command = "python -m benchmarks.short_run_kinds " + " ".join(argv or [])
     if args.judge:
-        write_json(args.out, judge([json.loads(Path(p).read_text()) for p in args.judge], argv or []))
+        write_json(args.out, judge([json.loads(Path(p).read_text()) for p in args.judge], command))
         return
     if not (args.train_work and args.label):
         ap.error("--train-work and --label are required for runs")
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     out: dict = {
         "label": args.label,
         "start": start,
-        "command": "python -m benchmarks.short_run_kinds " + " ".join(argv or []),
+        "command": command,
         "seeds": {},
     }
     for seed in args.seeds:
