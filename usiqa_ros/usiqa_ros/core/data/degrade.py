@@ -460,22 +460,11 @@ def contrast_loss(img: np.ndarray, s: float, rng: np.random.Generator) -> np.nda
     displayed range; sometimes with a gamma error), or the black level raised and the white lowered. Every textured
     family lifts dark regions WITH grain; without this the score learnt that a flat grey veil over an anechoic far
     field is better than the clean frame (results/contrast_loss_rule.txt)."""
-    h, w = img.shape
     hull = sector_hull(img)
     amount = min(0.95, (0.08 + 0.5 * s) * rng.uniform(0.8, 1.2))
     op = rng.choice(["veil", "squeeze", "levels"])
     if op == "veil":
-        _, y = _grid(h, w)
-        shape = rng.choice(["uniform", "depth", "blobs"])
-        env: np.ndarray
-        if shape == "uniform":
-            env = np.ones((h, w), np.float32)
-        elif shape == "depth":  # stronger near the probe (clutter) or deep (noise floor lifted by TGC)
-            ramp = y if rng.random() < 0.5 else 1.0 - y
-            env = 0.3 + 0.7 * ramp
-        else:
-            env = np.clip(0.3 + _blob_envelope(h, w, rng, int(rng.integers(1, 4))), 0, 1)
-        out = _screen(img, amount * env)
+        out = _veil(img, amount, rng)
     elif op == "squeeze":
         level = rng.uniform(0.2, 0.6)
         out = level + (img - level) * (1.0 - amount)
@@ -485,6 +474,31 @@ def contrast_loss(img: np.ndarray, s: float, rng: np.random.Generator) -> np.nda
         black, white = amount * rng.uniform(0.5, 1.0), 1.0 - amount * rng.uniform(0.0, 0.6)
         out = black + (white - black) * img
     return _f32(np.clip(img + (out - img) * hull, 0, 1))
+
+
+def _veil(img: np.ndarray, amount: float, rng: np.random.Generator) -> np.ndarray:
+    """A smooth untextured layer screened over the image: uniform, fading with depth or blob-shaped."""
+    h, w = img.shape
+    _, y = _grid(h, w)
+    shape = rng.choice(["uniform", "depth", "blobs"])
+    env: np.ndarray
+    if shape == "uniform":
+        env = np.ones((h, w), np.float32)
+    elif shape == "depth":  # stronger near the probe (clutter) or deep (noise floor lifted by TGC)
+        ramp = y if rng.random() < 0.5 else 1.0 - y
+        env = 0.3 + 0.7 * ramp
+    else:
+        env = np.clip(0.3 + _blob_envelope(h, w, rng, int(rng.integers(1, 4))), 0, 1)
+    return _screen(img, amount * env)
+
+
+def contrast_veil(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
+    """Training only, never evaluated as a family: `contrast_loss`'s veil alone (dark levels lifted, bright echoes
+    kept), over the sector's hull. Its squeeze and levels also dim the bright echoes, which may teach "brighter is
+    better" (read in results/contrast_veil_rule.txt)."""
+    hull = sector_hull(img)
+    amount = min(0.95, (0.08 + 0.5 * s) * rng.uniform(0.8, 1.2))
+    return _f32(np.clip(img + (_veil(img, amount, rng) - img) * hull, 0, 1))
 
 
 def contrast_harsh(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
@@ -549,6 +563,7 @@ ALIASES: dict[str, str] = {
 TRAINING_ONLY: dict[str, Degradation] = {
     "regional": regional,
     "contrast_loss": contrast_loss,
+    "contrast_veil": contrast_veil,
     "contrast_harsh": contrast_harsh,
 }
 EXTRA: dict[str, Degradation] = {
