@@ -31,8 +31,8 @@ Families (what each models):
 
 Training only (`TRAINING_ONLY`, drawn beside the families when `UnitConfig.extra_families` asks, never evaluated as
 a family): regional, an irregular part of the sector attenuated, filled, smeared or coarsened (tried; README);
-contrast_loss, grey-level range lost without texture (a flat veil, a squeezed dynamic range); contrast_harsh, the
-other side (grey levels stretched and clipped).
+contrast_loss, grey-level range lost without texture (a flat veil, a squeezed dynamic range); contrast_veil, its
+veil alone; contrast_harsh, the other side (grey levels stretched and clipped).
 
 Depth attenuation, the Gaussian shadow and the near-field haze follow the formulas of `usaugment` (Ostvik et
 al. 2021; Smistad et al. 2018); the rest is written here. `degrade` also accepts the kind names of the first
@@ -494,8 +494,8 @@ def _veil(img: np.ndarray, amount: float, rng: np.random.Generator) -> np.ndarra
 
 def contrast_veil(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
     """Training only, never evaluated as a family: `contrast_loss`'s veil alone (dark levels lifted, bright echoes
-    kept), over the sector's hull. Its squeeze and levels also dim the bright echoes, which may teach "brighter is
-    better" (read in results/contrast_veil_rule.txt)."""
+    kept), over the sector's hull. Tried on the reading that the dimmed brights of contrast_loss's other operations
+    cost clutter; it costs clutter twice as much (results/contrast_veil_rule.txt)."""
     hull = sector_hull(img)
     amount = min(0.95, (0.08 + 0.5 * s) * rng.uniform(0.8, 1.2))
     return _f32(np.clip(img + (_veil(img, amount, rng) - img) * hull, 0, 1))
