@@ -10,7 +10,7 @@ UNDERLAY := $(CURDIR)/.venv/underlay/install
 WITH_ROS := export AMENT_PREFIX_PATH=$(CURDIR)/.venv; \
 	if [ -f $(UNDERLAY)/setup.bash ]; then source $(UNDERLAY)/setup.bash; fi;
 
-.PHONY: setup underlay demo demo-best-view test test-jazzy lint bench clean
+.PHONY: setup underlay demo demo-best-view test test-jazzy test-humble lint bench clean
 
 setup:
 	@bash scripts/setup_env.sh
@@ -34,6 +34,13 @@ test-jazzy:
 	@bash scripts/setup_env.sh jazzy
 	cd usiqa_ros && USIQA_STRICT=0 $(CURDIR)/.venv-jazzy/bin/python -m pytest
 
+# The tests that need no ROS on Python 3.10 with Ubuntu 22.04's numpy 1.21, OpenCV 4.5 and SciPy 1.8 (ROS 2 Humble's
+# libraries; PyPI has no Humble rclpy): .venv-humble (`scripts/setup_env.sh humble`, CUDA libraries hard-linked from
+# .venv), usiqa_ros from the source tree; a test that imports ROS skips there (USIQA_NO_ROS=1, test/conftest.py).
+test-humble:
+	@bash scripts/setup_env.sh humble
+	cd usiqa_ros && USIQA_STRICT=0 USIQA_NO_ROS=1 PYTHONPATH=$(CURDIR)/usiqa_ros $(CURDIR)/.venv-humble/bin/python -m pytest
+
 # ruff (lint + format check, ruff.toml) and mypy (mypy.ini: strict on core/ and ros/); .pre-commit-config.yaml runs the same.
 lint: setup
 	$(PY) -m ruff check .
@@ -44,4 +51,4 @@ bench: setup
 	$(PY) -m benchmarks.run
 
 clean:
-	rm -rf .venv .venv-jazzy .pytest_cache .ruff_cache
+	rm -rf .venv .venv-jazzy .venv-humble .pytest_cache .ruff_cache

