@@ -29,7 +29,7 @@ from benchmarks.common import RESULTS, write_json
 from benchmarks.quality import score_all
 from usiqa_ros.core.baselines import available_baselines
 from usiqa_ros.core.data.corpus import REAL_US, US_CORPUS, load_rows, quality_split
-from usiqa_ros.core.data.degrade import sector_hull
+from usiqa_ros.core.data.degrade import degrade, sector_hull
 from usiqa_ros.core.data.synthetic import load_gray
 from usiqa_ros.core.engine import Engine, EngineConfig
 from usiqa_ros.core.metrics import pairwise_accuracy
@@ -146,23 +146,42 @@ KINDS: dict[str, Callable[[np.ndarray, float, np.random.Generator], np.ndarray]]
 }
 
 
-def veil(img: np.ndarray) -> np.ndarray:
+def veil(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """An untextured grey veil over the whole sector (0.25 + 0.75 x inside the hull): contrast lost, anechoic regions
     grey, nothing else. A diagnostic added after the first scoring (results/haze_veil_rule.txt), not one of KINDS:
     it is the offset part of low_dynamic_range, and the bundled model scored it higher than the clean frame."""
     return _inside(img, 1 - (1 - img) * 0.75)
 
 
-DIAGNOSTICS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"veil": veil}
+def clutter_structured(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The library's clutter family (severity 0.3-1.0): the pair for `clutter_smoothed`, from the same draw."""
+    return degrade(img, "clutter", float(rng.uniform(0.3, 1.0)), rng)
+
+
+def clutter_smoothed(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The same clutter copy with its change low-passed (sigma 3 % of the long side): the energy clutter adds to dark
+    regions without its structure (a smooth local haze). A diagnostic added 2026-12-01 after three veil-fixing
+    artefacts each cost clutter (results/contrast_veil_rule.txt), to see whether smooth lifts are the blind spot."""
+    changed = clutter_structured(img, rng)
+    lift = cv2.GaussianBlur(changed - img, (0, 0), 0.03 * max(img.shape))
+    return np.clip(img + lift, 0, 1).astype(np.float32)
+
+
+DIAGNOSTICS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]] = {
+    "veil": veil,
+    "clutter_structured": clutter_structured,
+    "clutter_smoothed": clutter_smoothed,
+}
 KEYS = ["clean", *KINDS, *DIAGNOSTICS]
 
 
 def variants(img: np.ndarray, seed: int, idx: int) -> dict[str, np.ndarray]:
     """The clean frame, one copy per kind and per diagnostic; the generator is seeded per frame (not shared with
-    quality.py's) and the diagnostics draw nothing, so adding one leaves the kinds' copies as they were."""
+    quality.py's), and each diagnostic draws from its own generator, seeded per frame alike (the two clutter ones
+    from the same seed: one draw, two copies), so adding one leaves the kinds' copies as they were."""
     rng = np.random.default_rng((seed, 7919, idx))
     out = {"clean": img} | {k: fn(img, float(rng.uniform(0.3, 1.0)), rng) for k, fn in KINDS.items()}
-    return out | {k: fn(img) for k, fn in DIAGNOSTICS.items()}
+    return out | {k: fn(img, np.random.default_rng((seed, 104729, idx))) for k, fn in DIAGNOSTICS.items()}
 
 
 def summarise(scores: dict[str, np.ndarray]) -> dict:
