@@ -160,11 +160,12 @@ def clutter_structured(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def clutter_smoothed(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """The same clutter copy with its change low-passed (sigma 3 % of the long side): the energy clutter adds to dark
-    regions without its structure (a smooth local haze). A diagnostic added 2026-12-01 after three veil-fixing
-    artefacts each cost clutter (results/contrast_veil_rule.txt), to see whether smooth lifts are the blind spot."""
+    regions without its structure (a smooth local haze), kept inside the sector's hull like every kind here. A
+    diagnostic added 2026-12-01 after three veil-fixing artefacts each cost clutter (results/contrast_veil_rule.txt),
+    to see whether smooth lifts are the blind spot."""
     changed = clutter_structured(img, rng)
     lift = cv2.GaussianBlur(changed - img, (0, 0), 0.03 * max(img.shape))
-    return np.clip(img + lift, 0, 1).astype(np.float32)
+    return _inside(img, np.clip(img + lift, 0, 1).astype(np.float32))
 
 
 DIAGNOSTICS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]] = {
