@@ -47,7 +47,13 @@ from usiqa_ros.core.references import ReferenceError, ReferenceFrame, ReferenceS
 from usiqa_ros.ros.annotate import DebugImage
 from usiqa_ros.ros.best_view import BestViewConfig, BestViewServer, ScoreListener
 from usiqa_ros.ros.diagnostics import Health, IqaDiagnostics, NodeStats, parameter_descriptors
-from usiqa_ros.ros.spin import MultiThreadedExecutor, ignore_sigint, interrupt_once, trace_native_crashes
+from usiqa_ros.ros.spin import (
+    MultiThreadedExecutor,
+    await_signal_shutdown,
+    ignore_sigint,
+    interrupt_once,
+    trace_native_crashes,
+)
 
 
 @dataclass
@@ -676,7 +682,9 @@ def main(args: list[str] | None = None) -> int:
                 return 1
             node.trigger_activate()
         executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
+    except KeyboardInterrupt:
+        await_signal_shutdown()
+    except ExternalShutdownException:
         pass
     finally:
         ignore_sigint()

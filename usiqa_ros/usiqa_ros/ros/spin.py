@@ -78,6 +78,16 @@ def interrupt_once() -> None:
     signal.signal(signal.SIGINT, handler)
 
 
+def await_signal_shutdown(timeout_s: float = 1.0) -> None:
+    """After a Ctrl-C, before destroying anything: wait (bounded) until rclpy's signal-handler thread has shut the
+    context down. That thread shuts it down while the main thread, woken by the same SIGINT, already unwinds; under
+    load, destroy_node then ran during the shutdown and crashed in native code (SIGSEGV in Publisher.destroy /
+    Service.destroy, 2 of 14 `iqa_node` Ctrl-Cs with both cores busy)."""
+    deadline = time.monotonic() + timeout_s
+    while rclpy.ok() and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
 def ignore_sigint() -> None:
     """From here on ignore SIGINT: a second one while cleaning up (`ros2 launch` forwards one after `kill -INT
     -PGID` or a terminal's Ctrl-C already reached the process group) would cut the worker join, destroy_node and
@@ -109,7 +119,9 @@ def spin_node(make_node: Callable[[], Node], args: list[str] | None = None) -> N
     node = make_node()
     try:
         rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
+    except KeyboardInterrupt:
+        await_signal_shutdown()
+    except ExternalShutdownException:
         pass
     finally:
         ignore_sigint()
