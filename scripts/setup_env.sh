@@ -77,9 +77,9 @@ if ! done_already pip "$h"; then
   log "installing Python packages ($([ "$DISTRO" = humble ] && echo "Ubuntu 22.04's" || echo "ROS 2 $DISTRO wheels"), torch, the rest)"
   pip_q -r "$ROS_REQ"
   [ "$DISTRO" = jazzy ] && share_torch_stack "$ROOT/.venv" '^(torch|torchvision|triton|nvidia-.*|cuda-.*)$'
-  # another Python: only the CUDA libraries (no compiled Python modules) can be shared
-  [ "$DISTRO" = humble ] && share_torch_stack "$ROOT/.venv" '^(nvidia-.*|cuda-toolkit|cuda-pathfinder)$'
   if [ "$DISTRO" = humble ]; then
+    # another Python: only the CUDA libraries (no compiled Python modules) can be shared
+    share_torch_stack "$ROOT/.venv" '^(nvidia-.*|cuda-toolkit|cuda-pathfinder)$'
     # torch and base.txt's packages without their pins (not the linters), resolved as rosdep's pip keys would be
     # beside Humble's libraries, then installed without triton (torch.compile's GPU kernels, 0.9 GB for Python 3.10)
     pip_q --dry-run --report "$VENV/resolved.json" -r "$ROOT/requirements/torch.txt" -c "$ROS_REQ" \
