@@ -32,7 +32,8 @@ Families (what each models):
 Training only (`TRAINING_ONLY`, drawn beside the families when `UnitConfig.extra_families` asks, never evaluated as
 a family): regional, an irregular part of the sector attenuated, filled, smeared or coarsened (tried; README);
 contrast_loss, grey-level range lost without texture (a flat veil, a squeezed dynamic range); contrast_veil, its
-veil alone; contrast_harsh, the other side (grey levels stretched and clipped).
+veil alone; contrast_harsh, the other side (grey levels stretched and clipped); smooth_fill, a haze or clutter
+draw with its change low-passed (the fill without its texture).
 
 Depth attenuation, the Gaussian shadow and the near-field haze follow the formulas of `usaugment` (Ostvik et
 al. 2021; Smistad et al. 2018); the rest is written here. `degrade` also accepts the kind names of the first
@@ -501,6 +502,17 @@ def contrast_veil(img: np.ndarray, s: float, rng: np.random.Generator) -> np.nda
     return _f32(np.clip(img + (_veil(img, amount, rng) - img) * hull, 0, 1))
 
 
+def smooth_fill(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
+    """Training only, never evaluated as a family: a haze or clutter draw of the same severity whose change is
+    low-passed (sigma 1-5 % of the long side), kept inside the sector's hull: the energy those families add to dark
+    regions without their grain or structure. Taught at the same target as the textured copy, so that "dark regions
+    filled" is worse whatever the fill looks like; tried because every untextured veil taught alone cost clutter
+    (results/smooth_fill_rule.txt)."""
+    changed = FAMILIES[str(rng.choice(["haze", "clutter"]))](img, s, rng)
+    lift = cv2.GaussianBlur(changed - img, (0, 0), rng.uniform(0.01, 0.05) * max(img.shape))
+    return _f32(np.clip(img + lift * sector_hull(img), 0, 1))
+
+
 def contrast_harsh(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
     """Training only, never evaluated as a family: the other side of `contrast_loss`, contrast too high (a harsh
     black-and-white display): grey levels stretched around a level and clipped at both ends, weak echoes lost to
@@ -565,6 +577,7 @@ TRAINING_ONLY: dict[str, Degradation] = {
     "contrast_loss": contrast_loss,
     "contrast_veil": contrast_veil,
     "contrast_harsh": contrast_harsh,
+    "smooth_fill": smooth_fill,
 }
 EXTRA: dict[str, Degradation] = {
     "cutoff": cutoff,
