@@ -17,7 +17,9 @@ Same recipe as benchmarks.quality's "in_distribution" short run (300 steps x 8 u
 EfficientNet-Lite0, blocks 0-3 frozen, 160 px, the 6,000 cached units of scripts/train_default_model.py) and the same
 scoring path (cached trunk features, the trained top). Its 13-family figures match that run's quality.json cells
 only to seed noise: the unit cache is rebuilt in --train-work, and a cache built on 2026-12-01 gave cells up to
-0.046 apart from the earlier one (results/haze_veil.json); compare library versions with caches built alike.
+0.046 apart from the earlier one (results/haze_veil.json); compare library versions with caches built alike. From the
+same cache and seed a run repeats exactly. Each seed also keeps the mean score per image key and the family
+accuracies per source, to see where a change lands (clean frames falling or copies rising; which anatomy).
 """
 
 from __future__ import annotations
@@ -140,6 +142,12 @@ def main(argv: list[str] | None = None) -> None:
         res["unseen"] = unseen_kinds.summarise(
             {"clean": per["clean"]} | {k: per[f"unseen/{k}"] for k in [*unseen_kinds.KINDS, *unseen_kinds.DIAGNOSTICS]}
         )
+        res["mean_score"] = {k: float(np.nanmean(v)) for k, v in per.items()}
+        res["families_by_source"] = {
+            src: quality.summarise({k: v[idx] for k, v in per.items()}, list(FAMILIES))["families"]
+            for src in sorted({r.source for r in eval_rows})
+            for idx in [np.array([r.source == src for r in eval_rows])]
+        }
         res["seconds"] = summary["seconds"]
         out["seeds"][str(seed)] = res
         print(

@@ -92,6 +92,34 @@ def test_contrast_artefacts_grey_the_dark_without_texture_inside_the_hull_only(k
         assert out[-25:-10, 70:90].min() > 0.02, k  # the black far field joined to the border is greyed too
 
 
+def test_smooth_fill_is_its_sources_fill_without_the_grain() -> None:
+    """smooth_fill repeats a haze or clutter draw (the same generator state gives the same draw) and keeps only the
+    low-passed change: about the fill its source puts into the anechoic disc, far less grain there, nothing outside
+    the sector's hull."""
+    img = _frame()
+    hull = sector_hull(img) > 0
+    disc = np.zeros_like(hull)
+    disc[66:78, 74:86] = True  # inside the anechoic disc of _frame
+
+    def grain(x: np.ndarray) -> float:
+        return float((x - cv2.GaussianBlur(x, (0, 0), 2.0))[disc].std())
+
+    ratios, lifted = [], 0
+    for k in range(12):
+        out = degrade(img, "smooth_fill", 0.8, np.random.default_rng(k))
+        src_rng = np.random.default_rng(k)
+        source = str(src_rng.choice(["haze", "clutter"]))  # smooth_fill's first draw, then its source's own
+        textured = degrade(img, source, 0.8, src_rng)
+        assert not (np.abs(out - img) > 1e-6)[~hull].any(), k
+        fill, textured_fill = float((out - img)[disc].mean()), float((textured - img)[disc].mean())
+        assert abs(fill - textured_fill) < 0.25 * textured_fill + 0.02, (k, source, fill, textured_fill)
+        if grain(textured) > 0.005:
+            ratios.append(grain(out) / grain(textured))
+        lifted += fill > 0.05
+    assert len(ratios) >= 8 and max(ratios) < 0.6 and float(np.median(ratios)) < 0.1, ratios
+    assert lifted >= 6, lifted  # most draws really fill the dark region
+
+
 def test_aliases_unknown_and_bad_input() -> None:
     img = _frame()
     for old in ALIASES:
