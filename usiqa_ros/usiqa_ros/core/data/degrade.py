@@ -507,8 +507,8 @@ def smooth_fill(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarr
     low-passed (sigma 1-5 % of the long side), kept inside the sector's hull: the energy those families add to dark
     regions without their grain or structure. Taught at the same target as the textured copy, so that "dark regions
     filled" is worse whatever the fill looks like; tried because every untextured veil taught alone cost clutter.
-    It costs clutter too (-0.08 in short runs): real clean breast and lung frames hold smooth fills of their own
-    (results/smooth_fill_rule.txt)."""
+    It costs clutter too (-0.08 in short runs), most in breast frames whose clean images have a grey floor of their
+    own (results/smooth_fill_rule.txt)."""
     changed = FAMILIES[str(rng.choice(["haze", "clutter"]))](img, s, rng)
     lift = cv2.GaussianBlur(changed - img, (0, 0), rng.uniform(0.01, 0.05) * max(img.shape))
     return _f32(np.clip(img + lift * sector_hull(img), 0, 1))
