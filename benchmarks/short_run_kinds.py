@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     corpus, real = load_rows(US_CORPUS, "us_corpus"), load_rows(REAL_US, "real_us")
     _, eval_rows = quality_split(corpus, real)
     frames = [load_gray(r.path) for r in eval_rows]
+    sources = np.array([r.source for r in eval_rows])
     images = [
         quality.variants(f, 0, i)
         | {f"unseen/{k}": v for k, v in unseen_kinds.variants(f, 0, i).items() if k != "clean"}
@@ -144,9 +145,8 @@ def main(argv: list[str] | None = None) -> None:
         )
         res["mean_score"] = {k: float(np.nanmean(v)) for k, v in per.items()}
         res["families_by_source"] = {
-            src: quality.summarise({k: v[idx] for k, v in per.items()}, list(FAMILIES))["families"]
-            for src in sorted({r.source for r in eval_rows})
-            for idx in [np.array([r.source == src for r in eval_rows])]
+            src: quality.summarise({k: v[sources == src] for k, v in per.items()}, list(FAMILIES))["families"]
+            for src in sorted(set(sources.tolist()))
         }
         res["seconds"] = summary["seconds"]
         out["seeds"][str(seed)] = res
