@@ -9,6 +9,9 @@ each from its own checkout with its own --train-work (the unit cache is drawn fr
     # or a training-only artefact beside the library (results/contrast_loss_rule.txt):
     .venv/bin/python -m benchmarks.short_run_kinds --train-work runs/lib_cl --label contrast_loss \
         --extra-families contrast_loss --out runs/lib_cl/short.json
+    # the same cache, its training-only kind taught by ranking only (results/rank_only_fill_rule.txt):
+    .venv/bin/python -m benchmarks.short_run_kinds --train-work runs/lib_cl --label contrast_loss_rank_only \
+        --extra-families contrast_loss --rank-only contrast_loss --out runs/lib_cl/rank_only.json
     # seed-mean figures of each version and their change from the first (results/contrast_loss.json):
     .venv/bin/python -m benchmarks.short_run_kinds --judge runs/lib_old/short.json runs/lib_cl/short.json \
         runs/lib_cl2/short.json --out benchmarks/results/contrast_loss.json
@@ -90,6 +93,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--units-per-step", type=int, default=8)
     ap.add_argument("--extra-families", nargs="*", default=[], help="the cache's UnitConfig.extra_families")
+    ap.add_argument(
+        "--rank-only", nargs="*", default=[], help="families taught by ranking only (TopTrainConfig.rank_only)"
+    )
     ap.add_argument("--out", required=True)
     ap.add_argument(
         "--judge", nargs="+", metavar="JSON", help="no runs: compare outputs of this module, the first is the base"
@@ -137,7 +143,13 @@ def main(argv: list[str] | None = None) -> None:
         "seeds": {},
     }
     for seed in args.seeds:
-        cfg = TopTrainConfig(steps=args.steps, units_per_step=args.units_per_step, lr=1e-3, seed=seed)
+        cfg = TopTrainConfig(
+            steps=args.steps,
+            units_per_step=args.units_per_step,
+            lr=1e-3,
+            seed=seed,
+            rank_only=tuple(args.rank_only),
+        )
         per, summary = quality.short_run("usqnet_lite", "", cache, args.frozen, cfg, feats, flat, len(images), keys)
         res = quality.summarise(per, list(FAMILIES))
         res["unseen"] = unseen_kinds.summarise(

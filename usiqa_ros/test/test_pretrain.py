@@ -172,6 +172,26 @@ def test_soft_targets_and_losses() -> None:
     assert lb["rank"] > 0.5 and lb["consistency"] > 0.5 and lb["total"] > lg["total"]
 
 
+def test_an_ungraded_copy_is_ranked_but_not_graded() -> None:
+    """`graded` (TopTrainConfig.rank_only): a copy left out of the grade loss still feels the ranking against its
+    clean frame, and no longer its grade target."""
+    role = torch.tensor([ROLE_CLEAN, ROLE_DEGRADED, ROLE_DEGRADED])
+    sev, unit = torch.tensor([0.0, 0.5, 0.5]), torch.tensor([0, 0, 0])
+    graded = torch.tensor([True, True, False])
+    cfg = TopTrainConfig()
+    top, mid = [0.0, 0, 0, 0, 9], [0.0, 0, 9, 0, 0]
+    ranked_well = quality_losses(torch.tensor([top, mid, mid]), role, sev, unit, cfg, graded)
+    # the ungraded copy at grade 1 instead of its target: the grade loss does not see it, the ranking is still met
+    far_below = quality_losses(torch.tensor([top, mid, [9.0, 0, 0, 0, 0]]), role, sev, unit, cfg, graded)
+    assert far_below["grade"] == pytest.approx(float(ranked_well["grade"]))
+    assert far_below["rank"] < 1e-3
+    # the ungraded copy above its clean frame: the ranking loss still penalises it
+    above = quality_losses(torch.tensor([mid, mid, top]), role, sev, unit, cfg, graded)
+    assert above["rank"] > 0.3
+    every = quality_losses(torch.tensor([top, mid, [9.0, 0, 0, 0, 0]]), role, sev, unit, cfg)
+    assert every["grade"] > far_below["grade"]
+
+
 def test_short_training_learns_excludes_and_resumes(corpus: Path, tmp_path: Path) -> None:
     rows = training_rows(load_rows(corpus, "t"))
     frames = load_frames(rows)
@@ -213,6 +233,10 @@ def test_extra_training_only_artefacts_are_drawn_as_one_more_family(corpus: Path
     assert "regional" in drawn and len(drawn) > 10
     out = train_top(_tiny(), cache, FROZEN, TopTrainConfig(steps=1, exclude=("regional",)), log=lambda m: None)
     assert out["units"] == 40
+    ranked = train_top(_tiny(), cache, FROZEN, TopTrainConfig(steps=2, rank_only=("regional",)), log=lambda m: None)
+    assert ranked["units"] == 40 and ranked["config"]["rank_only"] == ("regional",)
+    with pytest.raises(ValueError, match="unknown family"):
+        train_top(_tiny(), cache, FROZEN, TopTrainConfig(steps=1, rank_only=("nope",)), log=lambda m: None)
     with pytest.raises(ValueError, match="unknown training-only"):
         UnitConfig(extra_families=("shadow",))
 

@@ -9,6 +9,7 @@ Losses on the score s = expected grade:
 - ranking: s(A) > s(D) + margin(severity) (clean copy above its degraded copy, the same frame); D12 below A, D1
   and D2, each by the margin of the severity it adds;
 - consistency: (s(A) - s(A'))^2.
+`TopTrainConfig.rank_only` leaves named families' copies out of the grade loss (ranking only).
 
 CPU budget. The backbone's early blocks are frozen at their ImageNet (or pretrained) weights, so their
 output for each version of each unit is computed once and cached (`build_cache`); training runs only the
@@ -411,6 +412,9 @@ class TopTrainConfig:
     margin: float = 0.05
     margin_per_severity: float = 0.3
     exclude: tuple[str, ...] = ()  # families left out (leave-one-family-out)
+    # Families whose copies get no grade target, only the ranking against their own clean frame (and a combined copy
+    # below them): the lesson "worse than this frame" without "worth this grade anywhere". () = the bundled recipe.
+    rank_only: tuple[str, ...] = ()
     seed: int = 0
     stop_at: int = 0  # stop after this many steps of the `steps`-long schedule (early stopping); 0 = all of it
     average_from: int = 0  # > 0: return the weights averaged over the steps from this one to the last (SWA)
@@ -428,14 +432,21 @@ def soft_grade_targets(score: torch.Tensor, num_grades: int) -> torch.Tensor:
 
 
 def quality_losses(
-    logits: torch.Tensor, role: torch.Tensor, severity: torch.Tensor, unit: torch.Tensor, cfg: TopTrainConfig
+    logits: torch.Tensor,
+    role: torch.Tensor,
+    severity: torch.Tensor,
+    unit: torch.Tensor,
+    cfg: TopTrainConfig,
+    graded: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Grade, ranking and consistency losses over a batch of whole units (see module docstring)."""
+    """Grade, ranking and consistency losses over a batch of whole units (see module docstring); `graded` (boolean,
+    default all) says which images the grade loss sees."""
     g = logits.shape[-1]
     _, score = expected_score(logits)
     worse = (role == ROLE_DEGRADED) | (role == ROLE_COMBINED)
     target = torch.where(worse, 1.0 - (0.1 + 0.9 * severity.clamp(0, 1)), torch.ones_like(severity))
-    grade = -(soft_grade_targets(target, g) * F.log_softmax(logits.float(), -1)).sum(-1).mean()
+    per_image = -(soft_grade_targets(target, g) * F.log_softmax(logits.float(), -1)).sum(-1)
+    grade = per_image.mean() if graded is None else per_image[graded].mean()
     members: dict[int, dict[int, list[int]]] = {}
     for i, (u, r) in enumerate(zip(unit.tolist(), role.tolist(), strict=True)):
         members.setdefault(int(u), {}).setdefault(int(r), []).append(i)
@@ -513,6 +524,9 @@ def train_top(
     keep = torch.ones(len(cache.role), dtype=torch.bool)
     for name in cfg.exclude:
         keep &= cache.without_family(name)
+    graded = torch.ones(len(cache.role), dtype=torch.bool)
+    for name in cfg.rank_only:
+        graded &= cache.without_family(name)
     idx_of_unit: dict[int, list[int]] = {}
     for i in torch.nonzero(keep).flatten().tolist():
         idx_of_unit.setdefault(int(cache.unit[i]), []).append(i)
@@ -547,7 +561,14 @@ def train_top(
         idx = torch.tensor([i for c in chosen for i in idx_of_unit[units[int(c)]]])
         set_train_mode(model, frozen_blocks)
         _, logits = top_forward(model, cache.feats[idx].float(), frozen_blocks)
-        losses = quality_losses(logits, cache.role[idx].long(), cache.severity[idx], cache.unit[idx], cfg)
+        losses = quality_losses(
+            logits,
+            cache.role[idx].long(),
+            cache.severity[idx],
+            cache.unit[idx],
+            cfg,
+            graded[idx] if cfg.rank_only else None,
+        )
         opt.zero_grad(set_to_none=True)
         losses["total"].backward()
         opt.step()
