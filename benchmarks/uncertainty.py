@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 
@@ -109,7 +110,7 @@ def main(argv: list[str]) -> None:
     hip_idx = np.array([i for i, r in enumerate(rows) if r.source == "hip"])
     published = json.loads(open(args.quality_json).read())
     out: dict = {
-        "command": "python -m benchmarks.uncertainty " + " ".join(argv),
+        "command": "python -m benchmarks.uncertainty " + shlex.join(argv),
         "n_frames": len(rows),
         "n_groups": {s: len({r.group for r in rows if r.source == s}) for s in sorted({r.source for r in rows})},
         "n_boot": args.n_boot,
