@@ -22,7 +22,10 @@ scoring path (cached trunk features, the trained top). Its 13-family figures mat
 only to seed noise: the unit cache is rebuilt in --train-work, and a cache built on 2026-12-01 gave cells up to
 0.046 apart from the earlier one (results/haze_veil.json); compare library versions with caches built alike. From the
 same cache and seed a run repeats exactly. Each seed also keeps the mean score per image key and the family
-accuracies per source, to see where a change lands (clean frames falling or copies rising; which anatomy).
+accuracies per source, to see where a change lands (clean frames falling or copies rising; which anatomy), and
+(from 2026-12-02) each frame's pairwise outcome per key with the frames' groups: when the base and a version both
+have them, --judge adds paired 95 % intervals of the judged changes, resampling the held-out groups as
+benchmarks.uncertainty does (frame noise only; the two seeds show the training's).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks import quality, unseen_kinds
+from benchmarks import quality, uncertainty, unseen_kinds
 from benchmarks.common import write_json
 from scripts.train_default_model import get_cache, start_model
 from usiqa_ros.core.data.corpus import REAL_US, US_CORPUS, load_rows, quality_split
@@ -68,6 +71,40 @@ def figures(run: dict) -> dict:
     }
 
 
+def judged_per_frame(run: dict) -> dict[str, np.ndarray]:
+    """Per frame, averaged over the run's seeds: the pairwise outcome of each judged figure (`figures`' means taken
+    per frame: the 13 families, dark haze and noise, the five kinds, dynamic range, the veil, clutter)."""
+    seeds = [r["per_frame"] for r in run["seeds"].values()]
+    five = [k for k in unseen_kinds.KINDS if k != "low_dynamic_range"]
+
+    def avg(keys: list[str]) -> np.ndarray:
+        return np.asarray(np.mean([np.mean([np.asarray(s[k], float) for k in keys], 0) for s in seeds], 0))
+
+    return {
+        "families_mean": avg(list(FAMILIES)),
+        "clutter": avg(["clutter"]),
+        "dark_haze": avg(["dark_haze"]),
+        "dark_noise": avg(["dark_noise"]),
+        "unseen_five_mean": avg([f"unseen/{k}" for k in five]),
+        "low_dynamic_range": avg(["unseen/low_dynamic_range"]),
+        "veil": avg(["unseen/veil"]),
+    }
+
+
+def paired_intervals(base: dict, run: dict, n_boot: int = 2000) -> dict:
+    """95 % intervals of the change (run minus base) of each judged figure, the held-out groups resampled."""
+    if base["frames"] != run["frames"]:
+        raise SystemExit(f"{run['label']}: its frames differ from the base's")
+    counts = uncertainty.resample_counts([(s, g) for s, g in base["frames"]], n_boot, 0)
+    b, v = judged_per_frame(base), judged_per_frame(run)
+    out = {}
+    for k in b:
+        d = v[k] - b[k]
+        boot = uncertainty.weighted(d, counts)
+        out[k] = uncertainty.interval(float(np.nanmean(d)), boot, None) | {"share_below_0": float((boot < 0).mean())}
+    return out
+
+
 def judge(runs: list[dict], command: str) -> dict:
     """Seed-mean figures of each run and their change from the first (the base); every run is kept whole."""
     base = figures(runs[0])
@@ -81,6 +118,8 @@ def judge(runs: list[dict], command: str) -> dict:
         delta = {k: fig[k] - base[k] for k in fig if isinstance(fig[k], float)}
         delta["families"] = {f: fig["families"][f] - base["families"][f] for f in fig["families"]}
         out["versions"][run["label"]] = {"figures": fig, "change_from_base": delta, "runs": run}
+        if run is not runs[0] and all("per_frame" in r for x in (runs[0], run) for r in x["seeds"].values()):
+            out["versions"][run["label"]]["change_ci95"] = paired_intervals(runs[0], run)
     return out
 
 
@@ -141,6 +180,7 @@ def main(argv: list[str] | None = None) -> None:
         "start": start,
         "command": command,
         "seeds": {},
+        "frames": [[r.source, r.group] for r in eval_rows],
     }
     for seed in args.seeds:
         cfg = TopTrainConfig(
@@ -159,6 +199,11 @@ def main(argv: list[str] | None = None) -> None:
         res["families_by_source"] = {
             src: quality.summarise({k: v[sources == src] for k, v in per.items()}, list(FAMILIES))["families"]
             for src in sorted(set(sources.tolist()))
+        }
+        res["per_frame"] = {
+            k: [None if np.isnan(x) else float(x) for x in uncertainty.frame_correct(per["clean"], per[k])]
+            for k in per
+            if k != "clean" and k not in quality.CONSISTENCY
         }
         res["seconds"] = summary["seconds"]
         out["seeds"][str(seed)] = res

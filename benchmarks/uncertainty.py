@@ -22,13 +22,14 @@ import json
 import shlex
 import sys
 import time
+from collections.abc import Sequence
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from benchmarks import quality
 from benchmarks.common import RESULTS, write_json
-from usiqa_ros.core.data.corpus import REAL_US, US_CORPUS, Row, load_rows, quality_split
+from usiqa_ros.core.data.corpus import REAL_US, US_CORPUS, load_rows, quality_split
 from usiqa_ros.core.data.degrade import FAMILIES
 from usiqa_ros.core.data.synthetic import load_gray
 from usiqa_ros.core.engine import Engine, EngineConfig
@@ -37,16 +38,16 @@ TARGET = 0.95
 FIGURES = (*FAMILIES, *quality.DARK)
 
 
-def resample_counts(rows: list[Row], n_boot: int, seed: int) -> np.ndarray:
-    """n_boot x len(rows) multiplicities: each resample draws, within each source, as many groups as the source has,
-    with replacement, and takes every frame of a drawn group."""
+def resample_counts(frames: Sequence[tuple[str, str]], n_boot: int, seed: int) -> np.ndarray:
+    """n_boot x len(frames) multiplicities of the frames, given as (source, group): each resample draws, within each
+    source, as many groups as the source has, with replacement, and takes every frame of a drawn group."""
     rng = np.random.default_rng(seed)
-    counts = np.zeros((n_boot, len(rows)))
-    for src in sorted({r.source for r in rows}):
+    counts = np.zeros((n_boot, len(frames)))
+    for src in sorted({s for s, _ in frames}):
         groups: dict[str, list[int]] = {}
-        for i, r in enumerate(rows):
-            if r.source == src:
-                groups.setdefault(r.group, []).append(i)
+        for i, (s, g) in enumerate(frames):
+            if s == src:
+                groups.setdefault(g, []).append(i)
         members = [groups[g] for g in sorted(groups)]
         drawn = rng.integers(0, len(members), size=(n_boot, len(members)))
         for k, m in enumerate(members):
@@ -55,15 +56,15 @@ def resample_counts(rows: list[Row], n_boot: int, seed: int) -> np.ndarray:
     return counts
 
 
+def frame_correct(clean: np.ndarray, copy: np.ndarray) -> np.ndarray:
+    """Per frame: 1 if the clean frame scores above its copy, 0.5 for a tie, 0 otherwise (NaN: no copy, as for
+    frames without an anechoic region) — `core.metrics.pairwise_accuracy` frame by frame."""
+    return np.where(np.isnan(copy), np.nan, (clean > copy) + 0.5 * (clean == copy))
+
+
 def correct(scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Per frame and figure: 1 if the clean frame scores above its copy, 0.5 for a tie, 0 otherwise (NaN: no copy,
-    as for frames without an anechoic region) — `core.metrics.pairwise_accuracy` frame by frame."""
-    clean = scores["clean"]
-    out = {}
-    for f in FIGURES:
-        c = (clean > scores[f]) + 0.5 * (clean == scores[f])
-        out[f] = np.where(np.isnan(scores[f]), np.nan, c)
-    return out
+    """`frame_correct` for every figure."""
+    return {f: frame_correct(scores["clean"], scores[f]) for f in FIGURES}
 
 
 def weighted(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -105,7 +106,7 @@ def main(argv: list[str]) -> None:
     frames = [load_gray(r.path) for r in rows]
     all_variants = [quality.variants(f, 0, i) for i, f in enumerate(frames)]
     keys = ["clean", *FIGURES]
-    counts = resample_counts(rows, args.n_boot, args.seed)
+    counts = resample_counts([(r.source, r.group) for r in rows], args.n_boot, args.seed)
     _, y = quality.hip_frames(rows)
     hip_idx = np.array([i for i, r in enumerate(rows) if r.source == "hip"])
     published = json.loads(open(args.quality_json).read())
