@@ -21,7 +21,7 @@ import sys
 import numpy as np
 
 from benchmarks.common import RESULTS, write_json
-from usiqa_ros.core.data.corpus import REAL_US, US_CORPUS, load_rows, quality_split
+from benchmarks.quality import held_out_rows
 from usiqa_ros.core.data.degrade import sector_hull
 from usiqa_ros.core.data.synthetic import load_gray
 from usiqa_ros.core.engine import Engine, EngineConfig
@@ -40,8 +40,7 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--out", default=str(RESULTS / "clean_floor.json"))
     args = ap.parse_args(argv)
     models = args.model if args.model is not None else [""]
-    corpus, real = load_rows(US_CORPUS, "us_corpus"), load_rows(REAL_US, "real_us")
-    _, rows = quality_split(corpus, real)
+    rows = held_out_rows()
     frames = [load_gray(r.path) for r in rows]
     floors = np.array([floor(f) for f in frames])
     sources = np.array([r.source for r in rows])

@@ -20,8 +20,16 @@ import numpy as np
 import torch
 
 from benchmarks.common import write_json
-from benchmarks.quality import CONSISTENCY, DARK, hip_frames, score_all, score_spread, summarise, variants
-from usiqa_ros.core.data.corpus import REAL_US, US_CORPUS, load_rows, quality_split
+from benchmarks.quality import (
+    CONSISTENCY,
+    DARK,
+    held_out_rows,
+    hip_frames,
+    score_all,
+    score_spread,
+    summarise,
+    variants,
+)
 from usiqa_ros.core.data.degrade import FAMILIES
 from usiqa_ros.core.data.synthetic import load_gray
 from usiqa_ros.core.engine import Engine, EngineConfig
@@ -56,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    _, eval_rows = quality_split(load_rows(US_CORPUS, "us_corpus"), load_rows(REAL_US, "real_us"))
+    eval_rows = held_out_rows()
     frames = [variants(load_gray(r.path), args.seed, i) for i, r in enumerate(eval_rows)]
     hip_rows, y = hip_frames(eval_rows)
     members = [member_scores(p, frames, [load_gray(r.path) for r in hip_rows], work) for p in args.models]

@@ -28,8 +28,8 @@ from itertools import pairwise
 import numpy as np
 
 from benchmarks.common import RESULTS, write_json
+from benchmarks.quality import held_out_rows
 from usiqa_ros.core.baselines import available_baselines
-from usiqa_ros.core.data.corpus import REAL_US, US_CORPUS, load_rows, quality_split
 from usiqa_ros.core.data.degrade import FAMILIES, degrade, severity_to_score
 from usiqa_ros.core.data.synthetic import load_gray
 from usiqa_ros.core.engine import Engine, EngineConfig
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.monotonic()
     engine = Engine(EngineConfig(model_path=args.model, backend="eager", num_threads=args.threads))
     grades = engine.checkpoint.model.config.num_grades
-    _, evaluation = quality_split(load_rows(US_CORPUS, "us_corpus"), load_rows(REAL_US, "real_us"))
+    evaluation = held_out_rows()
     # The confidence map takes 0.4 s a frame (2 h for the ladders); BRISQUE is optional. The fast ones stay.
     baselines = {k: v for k, v in available_baselines().items() if k not in ("confidence", "brisque")}
     if args.skip_baselines:

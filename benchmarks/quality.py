@@ -55,6 +55,14 @@ OUT_MD = RESULTS / "quality.md"
 SHORT_RUN_SIZE = 160
 
 
+def held_out_rows() -> list[Row]:
+    """The evaluation's rows: real frames of groups never trained on (`quality_split`), checked to share no group
+    with the training rows; every benchmark scores these."""
+    train_rows, eval_rows = quality_split(load_rows(US_CORPUS, "us_corpus"), load_rows(REAL_US, "real_us"))
+    assert not ({r.group for r in train_rows} & {r.group for r in eval_rows}), "a group on both sides"
+    return eval_rows
+
+
 def dark_region_variants(img: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Haze or noise added only inside the frame's anechoic region(s); {} when it has none large enough."""
     sector = scan_mask(img)
@@ -424,11 +432,9 @@ def main(argv: list[str] | None = None) -> None:
         print(msg, flush=True)
         print(f"{time.strftime('%H:%M:%S')} {msg}", file=logf, flush=True)
 
-    corpus, real = load_rows(US_CORPUS, "us_corpus"), load_rows(REAL_US, "real_us")
-    train_rows, eval_rows = quality_split(corpus, real)
+    eval_rows = held_out_rows()
     if args.max_frames and len(eval_rows) > args.max_frames:
         eval_rows = eval_rows[:: -(-len(eval_rows) // args.max_frames)]
-    assert not ({r.group for r in train_rows} & {r.group for r in eval_rows}), "a group on both sides"
     frames = [load_gray(r.path) for r in eval_rows]
     all_variants = [variants(f, args.seed, i) for i, f in enumerate(frames)]
     keys = ["clean", *FAMILIES, *CONSISTENCY, *DARK]

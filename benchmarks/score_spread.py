@@ -18,8 +18,7 @@ import torch
 
 from benchmarks.common import write_json
 from benchmarks.ensemble import member_scores
-from benchmarks.quality import hip_frames, score_spread, variants
-from usiqa_ros.core.data.corpus import REAL_US, US_CORPUS, load_rows, quality_split
+from benchmarks.quality import held_out_rows, hip_frames, score_spread, variants
 from usiqa_ros.core.data.synthetic import load_gray
 
 
@@ -33,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    _, eval_rows = quality_split(load_rows(US_CORPUS, "us_corpus"), load_rows(REAL_US, "real_us"))
+    eval_rows = held_out_rows()
     frames = [variants(load_gray(r.path), args.seed, i) for i, r in enumerate(eval_rows)]
     hip = [load_gray(r.path) for r in hip_frames(eval_rows)[0]]
     out: dict = {

@@ -42,7 +42,6 @@ import torch
 from benchmarks import quality, uncertainty, unseen_kinds
 from benchmarks.common import write_json
 from scripts.train_default_model import get_cache, start_model
-from usiqa_ros.core.data.corpus import REAL_US, US_CORPUS, load_rows, quality_split
 from usiqa_ros.core.data.degrade import FAMILIES
 from usiqa_ros.core.data.synthetic import load_gray
 from usiqa_ros.core.preprocess import PreprocessConfig, preprocess_frame
@@ -148,8 +147,7 @@ def main(argv: list[str] | None = None) -> None:
         ap.error("--train-work and --label are required for runs")
     torch.set_num_threads(1)
     size = quality.SHORT_RUN_SIZE
-    corpus, real = load_rows(US_CORPUS, "us_corpus"), load_rows(REAL_US, "real_us")
-    _, eval_rows = quality_split(corpus, real)
+    eval_rows = quality.held_out_rows()
     frames = [load_gray(r.path) for r in eval_rows]
     sources = np.array([r.source for r in eval_rows])
     images = [

@@ -29,7 +29,6 @@ from sklearn.metrics import roc_auc_score
 
 from benchmarks import quality
 from benchmarks.common import RESULTS, write_json
-from usiqa_ros.core.data.corpus import REAL_US, US_CORPUS, load_rows, quality_split
 from usiqa_ros.core.data.degrade import FAMILIES
 from usiqa_ros.core.data.synthetic import load_gray
 from usiqa_ros.core.engine import Engine, EngineConfig
@@ -83,6 +82,11 @@ def interval(point: float, boot: np.ndarray, target: float | None = TARGET) -> d
     return out
 
 
+def difference(point: float, boot: np.ndarray) -> dict:
+    """`interval` of a paired difference, with the share of resamples in which it is above 0."""
+    return interval(point, boot, None) | {"share_above_0": float((boot[~np.isnan(boot)] > 0).mean())}
+
+
 def hip_auc(score: np.ndarray, y: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Zero-shot AUC per resample (sample weights = multiplicities); NaN where a resample holds one class only."""
     out = np.full(len(counts), np.nan)
@@ -101,8 +105,7 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--out", default=str(RESULTS / "uncertainty.json"))
     args = ap.parse_args(argv)
     models = args.model if args.model is not None else [""]
-    corpus, real = load_rows(US_CORPUS, "us_corpus"), load_rows(REAL_US, "real_us")
-    _, rows = quality_split(corpus, real)
+    rows = quality.held_out_rows()
     frames = [load_gray(r.path) for r in rows]
     all_variants = [quality.variants(f, 0, i) for i, f in enumerate(frames)]
     keys = ["clean", *FIGURES]
@@ -118,7 +121,8 @@ def main(argv: list[str]) -> None:
         "resampling": "groups with replacement within each source; 95 % interval = 2.5th-97.5th percentile",
         "models": {},
     }
-    per_model: dict[str, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = {}
+    # per model: each frame's outcome per figure, and the hip AUC with its resampled values
+    per_model: dict[str, tuple[dict[str, np.ndarray], float, np.ndarray]] = {}
     for path in models:
         engine = Engine(EngineConfig(model_path=path, backend="eager", num_threads=1, warmup_iterations=1))
         t0 = time.monotonic()
@@ -133,7 +137,8 @@ def main(argv: list[str]) -> None:
         res["families_min"] = interval(float(min(point[f] for f in FAMILIES)), fam_boot.min(0))
         hip_score = scores["clean"][hip_idx]
         hip_boot = hip_auc(hip_score, y, counts[:, hip_idx])
-        res["hip_zero_shot_auc"] = interval(float(roc_auc_score(y, hip_score)), hip_boot, 0.85)
+        hip_point = float(roc_auc_score(y, hip_score))
+        res["hip_zero_shot_auc"] = interval(hip_point, hip_boot, 0.85)
         res["hip_zero_shot_auc"]["resamples_with_one_class"] = int(np.isnan(hip_boot).sum())
         if published.get("model_id") == engine.model_id:
             pub = published["bundled"]
@@ -144,7 +149,7 @@ def main(argv: list[str]) -> None:
             if not res["equals_quality_json"]:
                 raise SystemExit(f"{engine.model_id}: point figures differ from {args.quality_json}: {mine} vs {ref}")
         out["models"][engine.model_id] = res
-        per_model[engine.model_id] = (c, {"hip": hip_score})
+        per_model[engine.model_id] = (c, hip_point, hip_boot)
         print(
             engine.model_id,
             {
@@ -156,25 +161,13 @@ def main(argv: list[str]) -> None:
         )
     ids = list(per_model)
     if len(ids) > 1:
-        (c0, h0), first = per_model[ids[0]], ids[0]
+        (c0, auc0, boot0), first = per_model[ids[0]], ids[0]
         out["paired_differences"] = {}
         for other in ids[1:]:
-            c1, h1 = per_model[other]
-            diff: dict = {}
-            for f in FIGURES:
-                d = c1[f] - c0[f]
-                boot_d = weighted(d, counts)
-                diff[f] = interval(float(np.nanmean(d)), boot_d, None) | {"share_above_0": float((boot_d > 0).mean())}
-            d_mean = np.nanmean(np.stack([c1[f] - c0[f] for f in FAMILIES]), 0)
-            boot_mean = weighted(d_mean, counts)
-            diff["families_mean"] = interval(float(np.mean(d_mean)), boot_mean, None) | {
-                "share_above_0": float((boot_mean > 0).mean())
-            }
-            auc0, auc1 = hip_auc(h0["hip"], y, counts[:, hip_idx]), hip_auc(h1["hip"], y, counts[:, hip_idx])
-            point_d = float(roc_auc_score(y, h1["hip"]) - roc_auc_score(y, h0["hip"]))
-            diff["hip_zero_shot_auc"] = interval(point_d, auc1 - auc0, None) | {
-                "share_above_0": float((auc1 - auc0 > 0).mean())
-            }
+            c1, auc1, boot1 = per_model[other]
+            d = {f: c1[f] - c0[f] for f in FIGURES} | {"families_mean": np.mean([c1[f] - c0[f] for f in FAMILIES], 0)}
+            diff = {k: difference(float(np.nanmean(v)), weighted(v, counts)) for k, v in d.items()}
+            diff["hip_zero_shot_auc"] = difference(auc1 - auc0, boot1 - boot0)
             out["paired_differences"][f"{other} minus {first}"] = diff
     write_json(args.out, out)
 

@@ -26,9 +26,8 @@ import cv2
 import numpy as np
 
 from benchmarks.common import RESULTS, write_json
-from benchmarks.quality import score_all
+from benchmarks.quality import held_out_rows, score_all
 from usiqa_ros.core.baselines import available_baselines
-from usiqa_ros.core.data.corpus import REAL_US, US_CORPUS, load_rows, quality_split
 from usiqa_ros.core.data.degrade import degrade, sector_hull
 from usiqa_ros.core.data.synthetic import load_gray
 from usiqa_ros.core.engine import Engine, EngineConfig
@@ -225,9 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out-json", default=str(OUT_JSON))
     args = ap.parse_args(argv)
-    corpus, real = load_rows(US_CORPUS, "us_corpus"), load_rows(REAL_US, "real_us")
-    train_rows, eval_rows = quality_split(corpus, real)
-    assert not ({r.group for r in train_rows} & {r.group for r in eval_rows}), "a group on both sides"
+    eval_rows = held_out_rows()
     frames = [variants(load_gray(r.path), args.seed, i) for i, r in enumerate(eval_rows)]
     res: dict = {
         "command": "python -m benchmarks.unseen_kinds " + shlex.join(argv or []),
