@@ -27,7 +27,6 @@ import rclpy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.duration import Duration
-from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.publisher import Publisher
@@ -49,9 +48,8 @@ from usiqa_ros.ros.best_view import BestViewConfig, BestViewServer, ScoreListene
 from usiqa_ros.ros.diagnostics import Health, IqaDiagnostics, NodeStats, parameter_descriptors
 from usiqa_ros.ros.spin import (
     MultiThreadedExecutor,
-    await_signal_shutdown,
-    ignore_sigint,
-    interrupt_once,
+    shutdown_on_sigint,
+    spin_until_shutdown,
     trace_native_crashes,
 )
 
@@ -664,36 +662,35 @@ class IqaNode(LifecycleNode):
 
 def main(args: list[str] | None = None) -> int:
     trace_native_crashes()
-    interrupt_once()
+    shutdown_on_sigint()
     rclpy.init(args=args)
     try:
         node = IqaNode()
     except Exception as e:  # noqa: BLE001 - e.g. a parameter of the wrong type, SROS2 Enforce without an enclave
+        if not rclpy.ok():
+            return 0  # Ctrl-C while the node was being built
         print(f"[FATAL] iqa_node: cannot create the node: {type(e).__name__}: {e}", file=sys.stderr)
         rclpy.try_shutdown()
         return 1
     executor = MultiThreadedExecutor(num_threads=4)
     executor.add_node(node)
-    code = 0
     try:
         if node.param("autostart"):
             if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                if not rclpy.ok():
+                    return 0  # Ctrl-C during configure
                 node.get_logger().fatal("could not configure (see the error above); exiting")
                 return 1
-            node.trigger_activate()
-        executor.spin()
-    except KeyboardInterrupt:
-        await_signal_shutdown()
-    except ExternalShutdownException:
-        pass
+            if rclpy.ok():  # not after a Ctrl-C during configure
+                node.trigger_activate()
+        spin_until_shutdown(executor)
     finally:
-        ignore_sigint()
         node._stop()  # ends best-view goals while executor threads may still run them; destroy_node repeats it
         executor.shutdown()
         node.destroy_node()
         if rclpy.ok():
             rclpy.try_shutdown()
-    return code
+    return 0
 
 
 if __name__ == "__main__":

@@ -14,10 +14,12 @@ from typing import Any
 
 import rclpy
 import rclpy.executors
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import Executor, ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.task import Task
 
+# The longest a spin waits before checking again that ROS is still up (see spin_until_shutdown).
+_WAKE_S = 0.25
 # The spin thread's sleep when the ready work is a task already handed to the pool: short at first (an idle pool
 # thread only needs the GIL to start it), doubling to a cap (every pool thread busy in a long callback).
 _BACKOFF_S = (0.00025, 0.004)
@@ -59,49 +61,35 @@ def _not_started(task: Task[Any]) -> bool:
     return inspect.iscoroutine(handler) and inspect.getcoroutinestate(handler) == inspect.CORO_CREATED
 
 
-def interrupt_once() -> None:
-    """Call in the main thread before rclpy.init (whose SIGINT handler then chains to this one): the first SIGINT
-    raises KeyboardInterrupt (ends the spin), every later one is ignored. `ros2 launch` forwards a second SIGINT after
-    a terminal's Ctrl-C or `kill -INT -PGID` already reached the process group; with Python's default handler it can
-    land anywhere after the first, between the `except` and the `finally` too, and cut the cleanup short (launch:
-    "process has died ... exit code -2"). `ignore_sigint` then covers the cleanup after an external shutdown."""
-    if threading.current_thread() is not threading.main_thread():
-        return
-    fired = False
-
-    def handler(signum: int, frame: object) -> None:
-        nonlocal fired
-        if not fired:
-            fired = True
-            raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, handler)
+def shutdown_on_sigint() -> None:
+    """Call in the main thread before rclpy.init: from then on Ctrl-C shuts ROS down and raises nothing, as in rclcpp.
+    rclpy.init's SIGINT handler is installed over this one; its signal thread shuts the context down and
+    `spin_until_shutdown` then returns. Python's default handler would raise KeyboardInterrupt wherever the main
+    thread happens to be, rclpy's own code included: with score_printer under a 1 kHz stream, 6 of about 190
+    Ctrl-Cs ended in "RuntimeError: Unable to convert call argument" out of `take_message` (pybind11 turning the
+    interrupt into another error), and CI once saw score_printer ignore SIGINT and SIGTERM until launch killed it. The second
+    SIGINT that `ros2 launch` forwards, and any during the cleanup, are ignored. SIG_IGN, not a Python function:
+    the interpreter resets a function handler to the default while it exits, and that second SIGINT then killed
+    the process (exit -2, 4 of 8 Ctrl-Cs). Child processes would inherit the ignore; our nodes start none."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def await_signal_shutdown(timeout_s: float = 1.0) -> None:
-    """After a Ctrl-C, before destroying anything: wait (bounded) until rclpy's signal-handler thread has shut the
-    context down. That thread shuts it down while the main thread, woken by the same SIGINT, already unwinds; under
-    load, destroy_node then ran during the shutdown and crashed in native code (SIGSEGV in Publisher.destroy /
-    Service.destroy, 2 of 14 `iqa_node` Ctrl-Cs with both cores busy)."""
-    deadline = time.monotonic() + timeout_s
-    while rclpy.ok() and time.monotonic() < deadline:
-        time.sleep(0.005)
-
-
-def ignore_sigint() -> None:
-    """From here on ignore SIGINT: a second one while cleaning up (`ros2 launch` forwards one after `kill -INT
-    -PGID` or a terminal's Ctrl-C already reached the process group) would cut the worker join, destroy_node and
-    the rclpy shutdown short (launch: "process has died ... exit code -2"). That second SIGINT can also land while
-    this call runs, before the ignore takes effect (seen once in seven `ros2 launch` Ctrl-Cs): its KeyboardInterrupt
-    is the one being ignored, so the call is simply made again."""
-    if threading.current_thread() is not threading.main_thread():
-        return
-    while True:
+def spin_until_shutdown(executor: Executor) -> None:
+    """Spin until the executor's context is shut down (Ctrl-C, SIGTERM, `rclpy.shutdown()`). Each wait is bounded
+    by `_WAKE_S`: rclpy's signal thread can shut the context down after the wake it sends has already been used, and
+    an unbounded wait with nothing else to wake it then never ends (measured: 3 of 71 Ctrl-Cs of an idle
+    node waited forever in rcl_wait)."""
+    context = executor.context
+    while context.ok():
         try:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            executor.spin_once(timeout_sec=_WAKE_S)
+        except ExternalShutdownException:
             return
-        except KeyboardInterrupt:
-            continue
+        except RuntimeError:  # rclpy's RCLError: the wait's timer cannot be made on a context shut down meanwhile
+            if context.ok():
+                raise
+            return
 
 
 def trace_native_crashes() -> None:
@@ -112,18 +100,21 @@ def trace_native_crashes() -> None:
 
 
 def spin_node(make_node: Callable[[], Node], args: list[str] | None = None) -> None:
-    """rclpy.init(args), make_node(), spin; Ctrl-C and external shutdown end it quietly."""
+    """rclpy.init(args), make_node(), spin until Ctrl-C or shutdown, clean up. A node whose construction fails
+    because a Ctrl-C shut ROS down meanwhile ends quietly too."""
     trace_native_crashes()
-    interrupt_once()
+    shutdown_on_sigint()
     rclpy.init(args=args)
-    node = make_node()
+    node = None
     try:
-        rclpy.spin(node)
-    except KeyboardInterrupt:
-        await_signal_shutdown()
-    except ExternalShutdownException:
-        pass
+        node = make_node()
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        spin_until_shutdown(executor)
+    except RuntimeError:  # rclpy's RCLError, e.g. "context is invalid" while creating a publisher
+        if rclpy.ok():
+            raise
     finally:
-        ignore_sigint()
-        node.destroy_node()
+        if node is not None:
+            node.destroy_node()
         rclpy.try_shutdown()
