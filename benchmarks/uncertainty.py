@@ -2,6 +2,8 @@
 
     .venv/bin/python -m benchmarks.uncertainty --model '' --model runs/prev_438a1663.safetensors
         -> benchmarks/results/uncertainty.json
+    .venv/bin/python -m benchmarks.uncertainty --model '' --flip-mean --out benchmarks/results/tta_flip.json
+        (the mean over each frame and its mirror, paired against the single view: results/tta_flip_rule.txt)
 
 The figures of `quality.json` (pairwise accuracy per family, the dark-region tests, the hip zero-shot AUC) rest on
 219 held-out frames (28 for hip), and the targets of issue 10 are read against them to the second decimal. This
@@ -55,6 +57,12 @@ def resample_counts(frames: Sequence[tuple[str, str]], n_boot: int, seed: int) -
     return counts
 
 
+def flip_mean(engine: Engine, frames: Sequence[np.ndarray]) -> list[float]:
+    """Each frame's score as the mean over the frame and its left-right mirror (a test-time flip)."""
+    mirrored = [np.ascontiguousarray(f[:, ::-1]) for f in frames]
+    return [(a.score + b.score) / 2 for a, b in zip(engine.score(list(frames)), engine.score(mirrored), strict=True)]
+
+
 def frame_correct(clean: np.ndarray, copy: np.ndarray) -> np.ndarray:
     """Per frame: 1 if the clean frame scores above its copy, 0.5 for a tie, 0 otherwise (NaN: no copy, as for
     frames without an anechoic region) — `core.metrics.pairwise_accuracy` frame by frame."""
@@ -99,6 +107,12 @@ def hip_auc(score: np.ndarray, y: np.ndarray, counts: np.ndarray) -> np.ndarray:
 def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", action="append", default=None, help="checkpoint ('' = the bundled one); repeatable")
+    ap.add_argument(
+        "--flip-mean",
+        action="store_true",
+        help="also score each model as the mean over the image and its left-right mirror (a test-time flip; "
+        "results/tta_flip_rule.txt), paired against its single view",
+    )
     ap.add_argument("--n-boot", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0, help="seed of the resampling (the copies use benchmarks.quality's)")
     ap.add_argument("--quality-json", default=str(RESULTS / "quality.json"), help="point figures to check against")
@@ -123,11 +137,16 @@ def main(argv: list[str]) -> None:
     }
     # per model: each frame's outcome per figure, and the hip AUC with its resampled values
     per_model: dict[str, tuple[dict[str, np.ndarray], float, np.ndarray]] = {}
+    scorers = []
     for path in models:
         engine = Engine(EngineConfig(model_path=path, backend="eager", num_threads=1, warmup_iterations=1))
+        scorers.append((engine.model_id, lambda xs, e=engine: [s.score for s in e.score(xs)]))
+        if args.flip_mean:
+            scorers.append((f"{engine.model_id} flip mean", lambda xs, e=engine: flip_mean(e, xs)))
+    for model_id, score_fn in scorers:
         t0 = time.monotonic()
-        scores = quality.score_all(lambda xs, e=engine: [s.score for s in e.score(xs)], all_variants, keys)
-        print(f"{engine.model_id}: {len(rows)} frames scored in {time.monotonic() - t0:.0f} s", flush=True)
+        scores = quality.score_all(score_fn, all_variants, keys)
+        print(f"{model_id}: {len(rows)} frames scored in {time.monotonic() - t0:.0f} s", flush=True)
         c = correct(scores)
         boot = {f: weighted(c[f], counts) for f in FIGURES}
         point = {f: float(np.nanmean(c[f])) for f in FIGURES}
@@ -140,18 +159,18 @@ def main(argv: list[str]) -> None:
         hip_point = float(roc_auc_score(y, hip_score))
         res["hip_zero_shot_auc"] = interval(hip_point, hip_boot, 0.85)
         res["hip_zero_shot_auc"]["resamples_with_one_class"] = int(np.isnan(hip_boot).sum())
-        if published.get("model_id") == engine.model_id:
+        if published.get("model_id") == model_id:
             pub = published["bundled"]
             ref = {**pub["families"], **{d: pub["dark_region"][d] for d in quality.DARK}}
             ref["hip"] = published["hip"]["zero_shot_score_auc"]
             mine = {**point, "hip": res["hip_zero_shot_auc"]["point"]}
             res["equals_quality_json"] = all(abs(mine[k] - v) < 1e-9 for k, v in ref.items())
             if not res["equals_quality_json"]:
-                raise SystemExit(f"{engine.model_id}: point figures differ from {args.quality_json}: {mine} vs {ref}")
-        out["models"][engine.model_id] = res
-        per_model[engine.model_id] = (c, hip_point, hip_boot)
+                raise SystemExit(f"{model_id}: point figures differ from {args.quality_json}: {mine} vs {ref}")
+        out["models"][model_id] = res
+        per_model[model_id] = (c, hip_point, hip_boot)
         print(
-            engine.model_id,
+            model_id,
             {
                 k: [round(v["point"], 3), *(round(x, 3) for x in v["ci95"])]
                 for k, v in res.items()
