@@ -1,5 +1,6 @@
-"""The package's MultiThreadedExecutor (ros/spin.py): no busy loop while a task waits in the thread pool, and a
-suspended coroutine still completes. Real rclpy nodes, timers and futures."""
+"""How our nodes spin (ros/spin.py): the package's MultiThreadedExecutor (no busy loop while a task waits in the
+thread pool, a suspended coroutine still completes) and Ctrl-C (a spin ends after rclpy's signal thread shuts the
+context down, nothing is raised, real SIGINTs under a stream exit cleanly). Real rclpy nodes, timers, signals."""
 
 from __future__ import annotations
 

@@ -67,10 +67,10 @@ def shutdown_on_sigint() -> None:
     `spin_until_shutdown` then returns. Python's default handler would raise KeyboardInterrupt wherever the main
     thread happens to be, rclpy's own code included: with score_printer under a 1 kHz stream, 6 of about 190
     Ctrl-Cs ended in "RuntimeError: Unable to convert call argument" out of `take_message` (pybind11 turning the
-    interrupt into another error), and CI once saw score_printer ignore SIGINT and SIGTERM until launch killed it. The second
-    SIGINT that `ros2 launch` forwards, and any during the cleanup, are ignored. SIG_IGN, not a Python function:
-    the interpreter resets a function handler to the default while it exits, and that second SIGINT then killed
-    the process (exit -2, 4 of 8 Ctrl-Cs). Child processes would inherit the ignore; our nodes start none."""
+    interrupt into another error), and CI once saw score_printer ignore SIGINT and SIGTERM until launch killed it.
+    The second SIGINT that `ros2 launch` forwards, and any during the cleanup, are ignored. SIG_IGN, not a Python
+    function: the interpreter resets a function handler to the default while it exits, and that second SIGINT then
+    killed the process (exit -2, 4 of 8 Ctrl-Cs). Child processes would inherit the ignore; our nodes start none."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
@@ -78,8 +78,8 @@ def shutdown_on_sigint() -> None:
 def spin_until_shutdown(executor: Executor) -> None:
     """Spin until the executor's context is shut down (Ctrl-C, SIGTERM, `rclpy.shutdown()`). Each wait is bounded
     by `_WAKE_S`: rclpy's signal thread can shut the context down after the wake it sends has already been used, and
-    an unbounded wait with nothing else to wake it then never ends (measured: 3 of 71 Ctrl-Cs of an idle
-    node waited forever in rcl_wait)."""
+    an unbounded wait with nothing else to wake it then never ends (measured: 3 of 71 Ctrl-Cs of an idle node
+    waited forever in rcl_wait)."""
     context = executor.context
     while context.ok():
         try:
