@@ -111,7 +111,8 @@ def main(argv: list[str]) -> None:
         "--flip-mean",
         action="store_true",
         help="also score each model as the mean over the image and its left-right mirror (a test-time flip; "
-        "results/tta_flip_rule.txt), paired against its single view",
+        "results/tta_flip_rule.txt); paired differences are always against the first entry, so with one --model "
+        "the flip mean is paired against its own single view",
     )
     ap.add_argument("--n-boot", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0, help="seed of the resampling (the copies use benchmarks.quality's)")
