@@ -1,6 +1,7 @@
 """Short in-distribution runs of the bundled recipe, scored on everything at once: the 13 library families, the
-dark-region tests and consistency (benchmarks.quality's pairs), the out-of-library kinds (benchmarks.unseen_kinds)
-and the veil diagnostic. Compares versions of the artefact library: run it once per version,
+dark-region tests and consistency (benchmarks.quality's pairs), the out-of-library kinds (benchmarks.unseen_kinds),
+the veil diagnostic and the hip zero-shot AUC; with --leave-out, also runs trained without a family and scored on
+it. Compares versions of the artefact library or of the recipe: run it once per version,
 each from its own checkout with its own --train-work (the unit cache is drawn from that checkout's library).
 
     .venv/bin/python -m benchmarks.short_run_kinds --train-work runs/lib_old --label old --out runs/lib_old/short.json
@@ -12,6 +13,12 @@ each from its own checkout with its own --train-work (the unit cache is drawn fr
     # the same cache, its training-only kind taught by ranking only (results/rank_only_fill_rule.txt):
     .venv/bin/python -m benchmarks.short_run_kinds --train-work runs/lib_cl --label contrast_loss_rank_only \
         --extra-families contrast_loss --rank-only contrast_loss --out runs/lib_cl/rank_only.json
+    # a loss weight, with families left out of training and scored (results/grade_weight_rule.txt); the base's
+    # in-distribution runs kept and its left-out runs added:
+    .venv/bin/python -m benchmarks.short_run_kinds --train-work runs/lib_old --label grade_w025 --grade-weight 0.25 \
+        --leave-out shadow compression clutter --out runs/lib_old/grade_w025.json
+    .venv/bin/python -m benchmarks.short_run_kinds --train-work runs/lib_old --label old --extend \
+        runs/lib_old/short3.json --leave-out shadow compression clutter --out runs/lib_old/base_lofo.json
     # seed-mean figures of each version and their change from the first (results/contrast_loss.json):
     .venv/bin/python -m benchmarks.short_run_kinds --judge runs/lib_old/short.json runs/lib_cl/short.json \
         runs/lib_cl2/short.json --out benchmarks/results/contrast_loss.json
@@ -38,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.metrics import roc_auc_score
 
 from benchmarks import quality, uncertainty, unseen_kinds
 from benchmarks.common import write_json
@@ -67,7 +75,15 @@ def figures(run: dict) -> dict:
         "veil": avg(lambda r: r["unseen"]["diagnostics"]["veil"]),
         "families": {f: avg(lambda r, f=f: r["families"][f]) for f in seeds[0]["families"]},
         "unseen": {k: avg(lambda r, k=k: r["unseen"]["pairwise"][k]) for k in unseen_kinds.KINDS},
-    }
+    } | left_out_figures(run)
+
+
+def left_out_figures(run: dict) -> dict:
+    """Seed means of the left-out runs (`--leave-out`): each family's accuracy when trained without it, their mean."""
+    if not run.get("left_out"):
+        return {}
+    cells = {f: float(np.mean([r["pairwise"] for r in by_seed.values()])) for f, by_seed in run["left_out"].items()}
+    return {"left_out_mean": float(np.mean(list(cells.values()))), "left_out": cells}
 
 
 def judged_per_frame(run: dict) -> dict[str, np.ndarray]:
@@ -114,8 +130,12 @@ def judge(runs: list[dict], command: str) -> dict:
     out["versions"] = {}
     for run in runs:
         fig = figures(run)
+        if fig.get("left_out", {}).keys() != base.get("left_out", {}).keys():
+            raise SystemExit(f"{run['label']}: left-out families differ from the base's")
         delta = {k: fig[k] - base[k] for k in fig if isinstance(fig[k], float)}
-        delta["families"] = {f: fig["families"][f] - base["families"][f] for f in fig["families"]}
+        for k in ("families", "left_out"):
+            if k in fig:
+                delta[k] = {f: fig[k][f] - base[k][f] for f in fig[k]}
         out["versions"][run["label"]] = {"figures": fig, "change_from_base": delta, "runs": run}
         if run is not runs[0] and all("per_frame" in r for x in (runs[0], run) for r in x["seeds"].values()):
             out["versions"][run["label"]]["change_ci95"] = paired_intervals(runs[0], run)
@@ -133,6 +153,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--extra-families", nargs="*", default=[], help="the cache's UnitConfig.extra_families")
     ap.add_argument(
         "--rank-only", nargs="*", default=[], help="families taught by ranking only (TopTrainConfig.rank_only)"
+    )
+    ap.add_argument(
+        "--grade-weight", type=float, default=TopTrainConfig.grade_weight, help="TopTrainConfig.grade_weight"
+    )
+    ap.add_argument("--leave-out", nargs="*", default=[], help="also train without each of these families and score it")
+    ap.add_argument(
+        "--extend",
+        metavar="JSON",
+        help="an earlier output of the same cache and settings: keep its in-distribution runs, add --leave-out's",
     )
     ap.add_argument("--out", required=True)
     ap.add_argument(
@@ -173,6 +202,8 @@ def main(argv: list[str] | None = None) -> None:
         size=size,
         extra_families=tuple(args.extra_families),
     )
+    hip_idx = np.nonzero(sources == "hip")[0]
+    _, hip_y = quality.hip_frames([eval_rows[i] for i in hip_idx])
     out: dict = {
         "label": args.label,
         "start": start,
@@ -180,15 +211,30 @@ def main(argv: list[str] | None = None) -> None:
         "seeds": {},
         "frames": [[r.source, r.group] for r in eval_rows],
     }
-    for seed in args.seeds:
-        cfg = TopTrainConfig(
+    if args.extend:
+        earlier = json.loads(Path(args.extend).read_text())
+        if earlier["frames"] != out["frames"]:
+            raise SystemExit(f"{args.extend}: its frames differ from this run's")
+        out = earlier | {"label": args.label, "command": f"{earlier['command']} ; {command}"}
+
+    def config(seed: int, exclude: tuple[str, ...] = ()) -> TopTrainConfig:
+        return TopTrainConfig(
             steps=args.steps,
             units_per_step=args.units_per_step,
             lr=1e-3,
             seed=seed,
             rank_only=tuple(args.rank_only),
+            grade_weight=args.grade_weight,
+            exclude=exclude,
         )
-        per, summary = quality.short_run("usqnet_lite", "", cache, args.frozen, cfg, feats, flat, len(images), keys)
+
+    def hip_auc(per: dict[str, np.ndarray]) -> float:
+        return float(roc_auc_score(hip_y, per["clean"][hip_idx]))
+
+    for seed in [] if args.extend else args.seeds:
+        per, summary = quality.short_run(
+            "usqnet_lite", "", cache, args.frozen, config(seed), feats, flat, len(images), keys
+        )
         res = quality.summarise(per, list(FAMILIES))
         res["unseen"] = unseen_kinds.summarise(
             {"clean": per["clean"]} | {k: per[f"unseen/{k}"] for k in [*unseen_kinds.KINDS, *unseen_kinds.DIAGNOSTICS]}
@@ -203,6 +249,7 @@ def main(argv: list[str] | None = None) -> None:
             for k in per
             if k != "clean" and k not in quality.CONSISTENCY
         }
+        res["hip_zero_shot_auc"] = hip_auc(per)
         res["seconds"] = summary["seconds"]
         out["seeds"][str(seed)] = res
         print(
@@ -211,6 +258,21 @@ def main(argv: list[str] | None = None) -> None:
             flush=True,
         )
         write_json(args.out, out)
+    for family in args.leave_out:
+        for seed in args.seeds:
+            per, summary = quality.short_run(
+                "usqnet_lite", "", cache, args.frozen, config(seed, (family,)), feats, flat, len(images), keys
+            )
+            out.setdefault("left_out", {}).setdefault(family, {})[str(seed)] = {
+                "pairwise": quality.summarise(per, [family])["families"][family],
+                "hip_zero_shot_auc": hip_auc(per),
+                "per_frame": [
+                    None if np.isnan(x) else float(x) for x in uncertainty.frame_correct(per["clean"], per[family])
+                ],
+                "seconds": summary["seconds"],
+            }
+            print(f"without {family} (seed {seed}): {out['left_out'][family][str(seed)]['pairwise']:.3f}", flush=True)
+            write_json(args.out, out)
 
 
 if __name__ == "__main__":
