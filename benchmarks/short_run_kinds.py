@@ -157,7 +157,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--grade-weight", type=float, default=TopTrainConfig.grade_weight, help="TopTrainConfig.grade_weight"
     )
-    ap.add_argument("--leave-out", nargs="*", default=[], help="also train without each of these families and score it")
+    ap.add_argument(
+        "--leave-out",
+        nargs="*",
+        default=[],
+        choices=list(FAMILIES),
+        help="also train without each of these families and score it",
+    )
     ap.add_argument(
         "--extend",
         metavar="JSON",
