@@ -52,6 +52,7 @@ from benchmarks.common import write_json
 from scripts.train_default_model import get_cache, start_model
 from usiqa_ros.core.data.degrade import FAMILIES
 from usiqa_ros.core.data.synthetic import load_gray
+from usiqa_ros.core.metrics import pairwise_accuracy
 from usiqa_ros.core.preprocess import PreprocessConfig, preprocess_frame
 from usiqa_ros.core.train.families import TopTrainConfig, trunk_feats
 
@@ -84,6 +85,11 @@ def left_out_figures(run: dict) -> dict:
         return {}
     cells = {f: float(np.mean([r["pairwise"] for r in by_seed.values()])) for f, by_seed in run["left_out"].items()}
     return {"left_out_mean": float(np.mean(list(cells.values()))), "left_out": cells}
+
+
+def outcomes(clean: np.ndarray, copy: np.ndarray) -> list[float | None]:
+    """Each frame's pairwise outcome (`uncertainty.frame_correct`) as JSON: None where the frame has no such copy."""
+    return [None if np.isnan(x) else float(x) for x in uncertainty.frame_correct(clean, copy)]
 
 
 def judged_per_frame(run: dict) -> dict[str, np.ndarray]:
@@ -251,9 +257,7 @@ def main(argv: list[str] | None = None) -> None:
             for src in sorted(set(sources.tolist()))
         }
         res["per_frame"] = {
-            k: [None if np.isnan(x) else float(x) for x in uncertainty.frame_correct(per["clean"], per[k])]
-            for k in per
-            if k != "clean" and k not in quality.CONSISTENCY
+            k: outcomes(per["clean"], per[k]) for k in per if k != "clean" and k not in quality.CONSISTENCY
         }
         res["hip_zero_shot_auc"] = hip_auc(per)
         res["seconds"] = summary["seconds"]
@@ -270,11 +274,9 @@ def main(argv: list[str] | None = None) -> None:
                 "usqnet_lite", "", cache, args.frozen, config(seed, (family,)), feats, flat, len(images), keys
             )
             out.setdefault("left_out", {}).setdefault(family, {})[str(seed)] = {
-                "pairwise": quality.summarise(per, [family])["families"][family],
+                "pairwise": pairwise_accuracy(per["clean"], per[family]),
                 "hip_zero_shot_auc": hip_auc(per),
-                "per_frame": [
-                    None if np.isnan(x) else float(x) for x in uncertainty.frame_correct(per["clean"], per[family])
-                ],
+                "per_frame": outcomes(per["clean"], per[family]),
                 "seconds": summary["seconds"],
             }
             print(f"without {family} (seed {seed}): {out['left_out'][family][str(seed)]['pairwise']:.3f}", flush=True)
