@@ -49,7 +49,7 @@ from sklearn.metrics import roc_auc_score
 
 from benchmarks import quality, uncertainty, unseen_kinds
 from benchmarks.common import write_json
-from scripts.train_default_model import get_cache, start_model
+from scripts.train_default_model import family_weight, get_cache, start_model
 from usiqa_ros.core.data.degrade import FAMILIES
 from usiqa_ros.core.data.synthetic import load_gray
 from usiqa_ros.core.metrics import pairwise_accuracy
@@ -164,6 +164,14 @@ def main(argv: list[str] | None = None) -> None:
         "--grade-weight", type=float, default=TopTrainConfig.grade_weight, help="TopTrainConfig.grade_weight"
     )
     ap.add_argument(
+        "--family-weight",
+        nargs="*",
+        default=[],
+        type=family_weight,
+        metavar="FAMILY=W",
+        help="TopTrainConfig.family_weights: units showing FAMILY drawn W times as often",
+    )
+    ap.add_argument(
         "--leave-out",
         nargs="*",
         default=[],
@@ -237,6 +245,7 @@ def main(argv: list[str] | None = None) -> None:
             seed=seed,
             rank_only=tuple(args.rank_only),
             grade_weight=args.grade_weight,
+            family_weights=tuple(args.family_weight),
             exclude=exclude,
         )
 

@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO / "usiqa_ros"))
 
 from usiqa_ros.core.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from usiqa_ros.core.data.corpus import REAL_US, US_CORPUS, load_rows, quality_split  # noqa: E402
-from usiqa_ros.core.data.degrade import TRAINING_ONLY  # noqa: E402
+from usiqa_ros.core.data.degrade import FAMILIES, TRAINING_ONLY  # noqa: E402
 from usiqa_ros.core.model import USQNet, build_model  # noqa: E402
 from usiqa_ros.core.model.pretrained import IMAGENET_BACKBONES, load_imagenet_backbone  # noqa: E402
 from usiqa_ros.core.model.usqnet import PRESETS  # noqa: E402
@@ -195,6 +195,18 @@ def select_run(
     return list(summary["validation"])
 
 
+def family_weight(item: str) -> tuple[str, float]:
+    """argparse type of --family-weight: NAME=WEIGHT (TopTrainConfig.family_weights)."""
+    name, _, weight = item.partition("=")
+    try:
+        w = float(weight)
+    except ValueError:
+        w = float("nan")
+    if name not in (*FAMILIES, *TRAINING_ONLY) or not w > 0:
+        raise argparse.ArgumentTypeError(f"{item!r}: expected FAMILY=WEIGHT with a library family and a weight > 0")
+    return name, w
+
+
 def serve_note(trained: int, served: int) -> str:
     return (
         f"trained at {trained} px (cached features), scored at {served} px (the checkpoint's input_size): the "
@@ -284,6 +296,14 @@ def main() -> None:
         default=0.0,
         help="share of units with a fifth copy carrying both of their artefacts (UnitConfig.combined_prob)",
     )
+    ap.add_argument(
+        "--family-weight",
+        nargs="*",
+        default=[],
+        type=family_weight,
+        metavar="FAMILY=W",
+        help="units showing FAMILY are drawn W times as often in training (TopTrainConfig.family_weights)",
+    )
     ap.add_argument("--val-every", type=int, default=100, help="validation interval of those runs (steps)")
     ap.add_argument(
         "--select-only", default="", help="only make the validation run without this source, then exit (parallel)"
@@ -349,6 +369,7 @@ def main() -> None:
         seed=train_seed(args),
         stop_at=stop_at,
         average_from=args.average_from,
+        family_weights=tuple(args.family_weight),
     )
     summary = train_top(model, cache, frozen, cfg, log=log, state_dir=work / "state")
     name = args.name or f"{args.preset}_default"

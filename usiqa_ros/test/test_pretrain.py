@@ -23,6 +23,7 @@ from usiqa_ros.core.train.families import (
     ROLE_COMBINED,
     ROLE_DEGRADED,
     ROLE_VIEW,
+    Cache,
     TopTrainConfig,
     UnitConfig,
     balanced_picker,
@@ -37,6 +38,7 @@ from usiqa_ros.core.train.families import (
     top_forward,
     train_top,
     trunk_forward,
+    unit_draw_probabilities,
     validation_metrics,
 )
 from usiqa_ros.core.train.pretrain import nt_xent
@@ -190,6 +192,31 @@ def test_an_ungraded_copy_is_ranked_but_not_graded() -> None:
     assert above["rank"] > 0.3
     every = quality_losses(torch.tensor([top, mid, [9.0, 0, 0, 0, 0]]), role, sev, unit, cfg)
     assert every["grade"] > far_below["grade"]
+
+
+def test_family_weights_draw_units_showing_the_family_more_often() -> None:
+    """TopTrainConfig.family_weights: each copy of a weighted family multiplies its unit's draw weight; none = uniform
+    (None keeps numpy's uniform draw, so the recipe without weights draws the same units as before)."""
+    fams = ["clutter", "haze", "tgc"]
+    # units 0-2, four images each: clean, view, two degraded copies (unit 0: clutter + haze, 1: haze + tgc, 2: two
+    # clutter copies)
+    family = torch.tensor([-1, -1, 0, 1, -1, -1, 1, 2, -1, -1, 0, 0], dtype=torch.int8)
+    cache = Cache(
+        feats=torch.zeros(12, 1, 1, 1),
+        role=torch.tensor([ROLE_CLEAN, ROLE_VIEW, ROLE_DEGRADED, ROLE_DEGRADED] * 3, dtype=torch.int8),
+        family=family,
+        severity=torch.zeros(12),
+        unit=torch.arange(3).repeat_interleave(4).to(torch.int32),
+        families=fams,
+    )
+    idx = {u: list(range(4 * u, 4 * u + 4)) for u in range(3)}
+    assert unit_draw_probabilities(cache, idx, [0, 1, 2], ()) is None
+    p = unit_draw_probabilities(cache, idx, [0, 1, 2], (("clutter", 3.0),))
+    assert p is not None and np.allclose(p, np.array([3.0, 1.0, 9.0]) / 13)
+    with pytest.raises(ValueError, match="unknown family"):
+        unit_draw_probabilities(cache, idx, [0, 1, 2], (("nope", 2.0),))
+    with pytest.raises(ValueError, match="must be > 0"):
+        unit_draw_probabilities(cache, idx, [0, 1, 2], (("haze", 0.0),))
 
 
 def test_short_training_learns_excludes_and_resumes(corpus: Path, tmp_path: Path) -> None:

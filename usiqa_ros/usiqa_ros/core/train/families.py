@@ -415,6 +415,10 @@ class TopTrainConfig:
     # Families whose copies get no grade target, only the ranking against their own clean frame (and a combined copy
     # below them): the lesson "worse than this frame" without "worth this grade anywhere". () = the bundled recipe.
     rank_only: tuple[str, ...] = ()
+    # (family, weight) pairs: each copy of that family in a unit multiplies the unit's chance to be drawn by the
+    # weight (a family the top learns slowest can be drawn more often). () = uniform draws (the bundled recipe; its
+    # draws are unchanged).
+    family_weights: tuple[tuple[str, float], ...] = ()
     seed: int = 0
     stop_at: int = 0  # stop after this many steps of the `steps`-long schedule (early stopping); 0 = all of it
     average_from: int = 0  # > 0: return the weights averaged over the steps from this one to the last (SWA)
@@ -495,6 +499,28 @@ def validation_metrics(model: USQNet, val: Cache, frozen_blocks: int, min_severi
     }
 
 
+def unit_draw_probabilities(
+    cache: Cache, idx_of_unit: dict[int, list[int]], units: Sequence[int], family_weights: Sequence[tuple[str, float]]
+) -> np.ndarray | None:
+    """Probability of drawing each of `units` (`TopTrainConfig.family_weights`); None = uniform."""
+    if not family_weights:
+        return None
+    weight_of: dict[int, float] = {}
+    for name, w in family_weights:
+        if name not in cache.families:
+            raise ValueError(f"unknown family {name!r} in family_weights")
+        if not w > 0:
+            raise ValueError(f"family weight of {name!r} must be > 0, got {w}")
+        weight_of[cache.families.index(name)] = float(w)
+    shown = cache.family.tolist()
+    second = cache.family2.tolist() if cache.family2 is not None else [-1] * len(shown)
+    w = np.ones(len(units))
+    for j, u in enumerate(units):
+        for i in idx_of_unit[u]:
+            w[j] *= weight_of.get(shown[i], 1.0) * weight_of.get(second[i], 1.0)
+    return w / w.sum()
+
+
 def train_top(
     model: USQNet,
     cache: Cache,
@@ -531,6 +557,7 @@ def train_top(
     for i in torch.nonzero(keep).flatten().tolist():
         idx_of_unit.setdefault(int(cache.unit[i]), []).append(i)
     units = sorted(idx_of_unit)
+    draw_p = unit_draw_probabilities(cache, idx_of_unit, units, cfg.family_weights)
     params = top_parameters(model, frozen_blocks)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
@@ -557,7 +584,7 @@ def train_top(
         frac = step / max(cfg.steps, 1)
         for gr in opt.param_groups:
             gr["lr"] = cfg.lr * min(1.0, 20 * frac + 0.05) * 0.5 * (1 + math.cos(math.pi * frac))
-        chosen = rng.choice(len(units), size=min(cfg.units_per_step, len(units)), replace=False)
+        chosen = rng.choice(len(units), size=min(cfg.units_per_step, len(units)), replace=False, p=draw_p)
         idx = torch.tensor([i for c in chosen for i in idx_of_unit[units[int(c)]]])
         set_train_mode(model, frozen_blocks)
         _, logits = top_forward(model, cache.feats[idx].float(), frozen_blocks)
