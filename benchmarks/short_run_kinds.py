@@ -19,6 +19,13 @@ each from its own checkout with its own --train-work (the unit cache is drawn fr
         --leave-out shadow compression clutter --out runs/lib_old/grade_w025.json
     .venv/bin/python -m benchmarks.short_run_kinds --train-work runs/lib_old --label old --extend \
         runs/lib_old/short3.json --leave-out shadow compression clutter --out runs/lib_old/base_lofo.json
+    # runs split over two processes, then joined (results/frozen3_rule.txt; the unit cache built first):
+    .venv/bin/python -m benchmarks.short_run_kinds --train-work runs/lib_f3 --frozen 3 --label frozen3 \
+        --leave-out shadow --out runs/lib_f3/part1.json &
+    .venv/bin/python -m benchmarks.short_run_kinds --train-work runs/lib_f3 --frozen 3 --label frozen3_part2 \
+        --left-out-only --leave-out compression clutter --out runs/lib_f3/part2.json
+    .venv/bin/python -m benchmarks.short_run_kinds --merge runs/lib_f3/part1.json runs/lib_f3/part2.json \
+        --out runs/lib_f3/frozen3.json
     # seed-mean figures of each version and their change from the first (results/contrast_loss.json):
     .venv/bin/python -m benchmarks.short_run_kinds --judge runs/lib_old/short.json runs/lib_cl/short.json \
         runs/lib_cl2/short.json --out benchmarks/results/contrast_loss.json
@@ -148,6 +155,24 @@ def judge(runs: list[dict], command: str) -> dict:
     return out
 
 
+def merge(parts: list[dict], command: str) -> dict:
+    """One output from runs split over processes (same cache and frames): the first part's in-distribution runs and
+    every part's left-out runs (a family in two parts is refused)."""
+    out = dict(parts[0])
+    out["left_out"] = dict(parts[0].get("left_out", {}))
+    for part in parts[1:]:
+        if part["frames"] != out["frames"]:
+            raise SystemExit(f"{part['label']}: its frames differ from {out['label']}'s")
+        if part["seeds"]:
+            raise SystemExit(f"{part['label']}: in-distribution runs are taken from the first part only")
+        twice = set(out["left_out"]) & set(part.get("left_out", {}))
+        if twice:
+            raise SystemExit(f"left-out runs of {sorted(twice)} in two parts")
+        out["left_out"] |= part.get("left_out", {})
+    out["command"] = " ; ".join([p["command"] for p in parts] + [command])
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--train-work", help="unit cache of this checkout's library")
@@ -183,14 +208,26 @@ def main(argv: list[str] | None = None) -> None:
         metavar="JSON",
         help="an earlier output of the same cache and settings: keep its in-distribution runs, add --leave-out's",
     )
+    ap.add_argument(
+        "--left-out-only", action="store_true", help="no in-distribution runs (a second process's part, see --merge)"
+    )
     ap.add_argument("--out", required=True)
     ap.add_argument(
         "--judge", nargs="+", metavar="JSON", help="no runs: compare outputs of this module, the first is the base"
+    )
+    ap.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="JSON",
+        help="no runs: join outputs of runs split over processes (the first's in-distribution runs, all left-out runs)",
     )
     args = ap.parse_args(argv)
     command = "python -m benchmarks.short_run_kinds " + " ".join(argv or [])
     if args.judge:
         write_json(args.out, judge([json.loads(Path(p).read_text()) for p in args.judge], command))
+        return
+    if args.merge:
+        write_json(args.out, merge([json.loads(Path(p).read_text()) for p in args.merge], command))
         return
     if not (args.train_work and args.label):
         ap.error("--train-work and --label are required for runs")
@@ -252,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
     def hip_auc(per: dict[str, np.ndarray]) -> float:
         return float(roc_auc_score(hip_y, per["clean"][hip_idx]))
 
-    for seed in [] if args.extend else args.seeds:
+    for seed in [] if args.extend or args.left_out_only else args.seeds:
         per, summary = quality.short_run(
             "usqnet_lite", "", cache, args.frozen, config(seed), feats, flat, len(images), keys
         )
