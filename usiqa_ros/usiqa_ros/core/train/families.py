@@ -514,11 +514,12 @@ def unit_draw_probabilities(
         weight_of[cache.families.index(name)] = float(w)
     shown = cache.family.tolist()
     second = cache.family2.tolist() if cache.family2 is not None else [-1] * len(shown)
-    w = np.ones(len(units))
+    unit_weight = np.ones(len(units))
     for j, u in enumerate(units):
         for i in idx_of_unit[u]:
-            w[j] *= weight_of.get(shown[i], 1.0) * weight_of.get(second[i], 1.0)
-    return w / w.sum()
+            unit_weight[j] *= weight_of.get(shown[i], 1.0) * weight_of.get(second[i], 1.0)
+    p: np.ndarray = unit_weight / unit_weight.sum()
+    return p
 
 
 def train_top(
