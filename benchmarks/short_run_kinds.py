@@ -156,19 +156,21 @@ def judge(runs: list[dict], command: str) -> dict:
 
 
 def merge(parts: list[dict], command: str) -> dict:
-    """One output from runs split over processes (same cache and frames): the first part's in-distribution runs and
-    every part's left-out runs (a family in two parts is refused)."""
+    """One output from runs split over processes (same cache, settings and frames): every part's in-distribution runs
+    (one seed per part at most once) and left-out runs (a family in two parts is refused)."""
     out = dict(parts[0])
+    out["seeds"] = dict(parts[0]["seeds"])
     out["left_out"] = dict(parts[0].get("left_out", {}))
     for part in parts[1:]:
         if part["frames"] != out["frames"]:
             raise SystemExit(f"{part['label']}: its frames differ from {out['label']}'s")
-        if part["seeds"]:
-            raise SystemExit(f"{part['label']}: in-distribution runs are taken from the first part only")
-        twice = set(out["left_out"]) & set(part.get("left_out", {}))
+        twice = (set(out["seeds"]) & set(part["seeds"])) | (set(out["left_out"]) & set(part.get("left_out", {})))
         if twice:
-            raise SystemExit(f"left-out runs of {sorted(twice)} in two parts")
+            raise SystemExit(f"seeds or left-out families {sorted(twice)} in two parts")
+        out["seeds"] |= part["seeds"]
         out["left_out"] |= part.get("left_out", {})
+    if not out["left_out"]:
+        del out["left_out"]
     out["command"] = " ; ".join([p["command"] for p in parts] + [command])
     return out
 
@@ -219,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
         "--merge",
         nargs="+",
         metavar="JSON",
-        help="no runs: join outputs of runs split over processes (the first's in-distribution runs, all left-out runs)",
+        help="no runs: join outputs of runs split over processes (their seeds and left-out families)",
     )
     args = ap.parse_args(argv)
     command = "python -m benchmarks.short_run_kinds " + " ".join(argv or [])
