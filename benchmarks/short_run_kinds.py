@@ -156,8 +156,8 @@ def judge(runs: list[dict], command: str) -> dict:
 
 
 def merge(parts: list[dict], command: str) -> dict:
-    """One output from runs split over processes (same cache, settings and frames): every part's in-distribution runs
-    (one seed per part at most once) and left-out runs (a family in two parts is refused)."""
+    """One output from runs split over processes (same cache, settings and frames): every part's in-distribution
+    seeds and left-out families, each of which may come from one part only; the first part's label is kept."""
     out = dict(parts[0])
     out["seeds"] = dict(parts[0]["seeds"])
     out["left_out"] = dict(parts[0].get("left_out", {}))
