@@ -505,19 +505,12 @@ def unit_draw_probabilities(
     """Probability of drawing each of `units` (`TopTrainConfig.family_weights`); None = uniform."""
     if not family_weights:
         return None
-    weight_of: dict[int, float] = {}
+    image_weight = np.ones(len(cache.role))
     for name, w in family_weights:
-        if name not in cache.families:
-            raise ValueError(f"unknown family {name!r} in family_weights")
         if not w > 0:
             raise ValueError(f"family weight of {name!r} must be > 0, got {w}")
-        weight_of[cache.families.index(name)] = float(w)
-    shown = cache.family.tolist()
-    second = cache.family2.tolist() if cache.family2 is not None else [-1] * len(shown)
-    unit_weight = np.ones(len(units))
-    for j, u in enumerate(units):
-        for i in idx_of_unit[u]:
-            unit_weight[j] *= weight_of.get(shown[i], 1.0) * weight_of.get(second[i], 1.0)
+        image_weight[~cache.without_family(name).numpy()] *= w  # the images showing it (a combined copy counts)
+    unit_weight = np.array([image_weight[idx_of_unit[u]].prod() for u in units])
     p: np.ndarray = unit_weight / unit_weight.sum()
     return p
 
