@@ -56,7 +56,7 @@ from sklearn.metrics import roc_auc_score
 
 from benchmarks import quality, uncertainty, unseen_kinds
 from benchmarks.common import write_json
-from scripts.train_default_model import family_weight, get_cache, start_model
+from scripts.train_default_model import add_family_weight_option, get_cache, start_model
 from usiqa_ros.core.data.degrade import FAMILIES
 from usiqa_ros.core.data.synthetic import load_gray
 from usiqa_ros.core.metrics import pairwise_accuracy
@@ -190,14 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--grade-weight", type=float, default=TopTrainConfig.grade_weight, help="TopTrainConfig.grade_weight"
     )
-    ap.add_argument(
-        "--family-weight",
-        nargs="*",
-        default=[],
-        type=family_weight,
-        metavar="FAMILY=W",
-        help="TopTrainConfig.family_weights: units showing FAMILY drawn W times as often",
-    )
+    add_family_weight_option(ap)
     ap.add_argument(
         "--leave-out",
         nargs="*",

@@ -207,6 +207,18 @@ def family_weight(item: str) -> tuple[str, float]:
     return name, w
 
 
+def add_family_weight_option(ap: argparse.ArgumentParser) -> None:
+    """--family-weight, shared with benchmarks.short_run_kinds (a list of `family_weight` pairs)."""
+    ap.add_argument(
+        "--family-weight",
+        nargs="*",
+        default=[],
+        type=family_weight,
+        metavar="FAMILY=W",
+        help="units showing FAMILY are drawn W times as often in training (TopTrainConfig.family_weights)",
+    )
+
+
 def serve_note(trained: int, served: int) -> str:
     return (
         f"trained at {trained} px (cached features), scored at {served} px (the checkpoint's input_size): the "
@@ -296,14 +308,7 @@ def main() -> None:
         default=0.0,
         help="share of units with a fifth copy carrying both of their artefacts (UnitConfig.combined_prob)",
     )
-    ap.add_argument(
-        "--family-weight",
-        nargs="*",
-        default=[],
-        type=family_weight,
-        metavar="FAMILY=W",
-        help="units showing FAMILY are drawn W times as often in training (TopTrainConfig.family_weights)",
-    )
+    add_family_weight_option(ap)
     ap.add_argument("--val-every", type=int, default=100, help="validation interval of those runs (steps)")
     ap.add_argument(
         "--select-only", default="", help="only make the validation run without this source, then exit (parallel)"
